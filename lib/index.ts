@@ -1,0 +1,21 @@
+// dvemb's public API. See README.md for a tour and docs/FORMAT.md for the files it writes.
+export { DvembError, type ErrorCode } from './errors.js';
+export { loadBackend, availableBackends, type BackendChoice, type BackendName, type LoadedBackend } from './backend/loader.js';
+export type { Backend, BackendInfo, Distribution } from './backend/surface.js';
+export { Layout, Projector, type BlockSpec, type BlockGradient, type BatchGradients, type ProjectionSpec } from './projection.js';
+export { TrajectoryRecorder, type RecorderOptions, type StepRecord } from './trajectory/recorder.js';
+export { Trajectory, type VerifyReport } from './trajectory/trajectory.js';
+export { computeEmbeddings, type ComputeOptions, type ComputeProgress } from './embeddings/backward.js';
+export { EmbeddingSet, type EmbeddingsManifest } from './embeddings/store.js';
+export {
+  projectTests,
+  scoreBlocks,
+  perOccurrence,
+  perExample,
+  topK,
+  influenceProfile,
+  type ProjectedTests,
+  type Attribution,
+  type TopK,
+} from './embeddings/query.js';
+export { doctor } from './cli/doctor.js';

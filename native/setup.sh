@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `npm run setup`: everything a fresh Debian/Ubuntu machine needs, then the build.
+# Installs OpenBLAS (libopenblas-dev) through apt-get when it is missing (with sudo when not
+# root), runs `npm ci`, and builds the TypeScript and the native addon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_openblas() {
+  [ -f /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] ||
+    [ -f /usr/include/openblas/cblas.h ] ||
+    { command -v dpkg >/dev/null && dpkg -s libopenblas-dev >/dev/null 2>&1; }
+}
+
+if have_openblas; then
+  echo "setup: OpenBLAS found"
+elif command -v apt-get >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null; then sudo="sudo"; else
+      echo "setup: OpenBLAS is missing and this user cannot install it. Ask an administrator to run: apt-get install libopenblas-dev" >&2
+      exit 1
+    fi
+  fi
+  echo "setup: installing libopenblas-dev with apt-get"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenblas-dev >/dev/null
+else
+  echo "setup: OpenBLAS is missing and there is no apt-get here: install OpenBLAS (with cblas.h) with your package manager, then rerun" >&2
+  exit 1
+fi
+
+# npm ci also runs this package's own install script, which builds the addon (native/install.cjs).
+npm ci --no-audit --no-fund
+npm run build:ts
+if [ ! -f build/Release/dvemb.node ]; then
+  npm run build:native
+fi
+node dist/lib/cli/dvemb.js doctor
