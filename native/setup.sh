@@ -30,7 +30,18 @@ else
 fi
 
 # npm ci also runs this package's own install script, which builds the addon (native/install.cjs).
-npm ci --no-audit --no-fund
+# Some registry mirrors serve only this platform's optional packages (esbuild/rollup binaries for
+# other systems answer 404), so the lock file cannot list them and npm ci refuses it; then install
+# the same locked versions with npm install, without rewriting the lock file.
+if ! npm ci --no-audit --no-fund 2>/tmp/dvemb-npm-ci.log; then
+  if grep -q "in sync" /tmp/dvemb-npm-ci.log; then
+    echo "setup: npm ci refused the lock file (optional packages of other platforms are missing from this registry); using npm install --no-save"
+    npm install --no-audit --no-fund --no-save
+  else
+    cat /tmp/dvemb-npm-ci.log >&2
+    exit 1
+  fi
+fi
 npm run build:ts
 if [ ! -f build/Release/dvemb.node ]; then
   npm run build:native
