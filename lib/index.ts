@@ -19,3 +19,20 @@ export {
   type TopK,
 } from './embeddings/query.js';
 export { doctor } from './cli/doctor.js';
+export {
+  prepareReport,
+  writeReport,
+  buildReport,
+  readReportInput,
+  dynamicsFromSegments,
+  DEFAULT_PHASE_RULE,
+  findPhases,
+  type PrepareReportOptions,
+  type ReportOptions,
+  type ReportSummary,
+  type ReportInputFile,
+  type ImageSpec,
+  type Dynamics,
+  type PhaseRule,
+  type ReportProgress,
+} from './report/report.js';

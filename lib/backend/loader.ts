@@ -39,8 +39,9 @@ export const ADDON_PATHS = {
 
 const BUILD_FIX =
   'build it with `npm run build:native` in the dvemb package folder; if dvemb is a dependency ' +
-  'of your project, npm 11 blocks its install script: run `npm install-scripts approve dvemb` ' +
-  'and then `npm rebuild dvemb`';
+  'of your project and its install script did not run (npm 11 blocks or warns about dependency ' +
+  'install scripts not listed in allowScripts): run `npm install-scripts approve dvemb` and then ' +
+  '`npm rebuild dvemb`';
 
 function explainLoadFailure(name: BackendName, path: string, err: unknown): { reason: string; fix: string } {
   const message = err instanceof Error ? err.message : String(err);

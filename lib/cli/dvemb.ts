@@ -10,6 +10,7 @@ import { topK, type ProjectedTests } from '../embeddings/query.js';
 import { EmbeddingSet } from '../embeddings/store.js';
 import { DvembError } from '../errors.js';
 import { doctor } from './doctor.js';
+import { cmdReport, REPORT_USAGE } from './report.js';
 import { Progress } from './progress.js';
 import { npyView, readNpyHeaderFile } from '../trajectory/npy.js';
 import { Trajectory } from '../trajectory/trajectory.js';
@@ -26,6 +27,7 @@ const USAGE: Record<string, string> = {
               [--no-verify] [--json]
   Runs the backward pass and writes one embedding per (example, step) occurrence to <dir>.
   Ctrl-C stops it and leaves no file that looks complete.`,
+  report: REPORT_USAGE,
   query: `dvemb query <embeddings> --test <file.npy> [--top k] [--per example|occurrence] [--json]
   Scores projected test gradients (a float32 .npy of shape (m, dim), written with the trajectory's
   projection; a sidecar <file>.json with {"fingerprint": ...} lets dvemb check that) and prints
@@ -172,7 +174,7 @@ async function cmdQuery(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { doctor: cmdDoctor, inspect: cmdInspect, compute: cmdCompute, query: cmdQuery };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { doctor: cmdDoctor, inspect: cmdInspect, compute: cmdCompute, query: cmdQuery, report: cmdReport };
 
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

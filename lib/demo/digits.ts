@@ -13,6 +13,7 @@ import { loadDigits, split } from '../eval/datasets.js';
 import { MLP } from '../eval/mlp.js';
 import { Rng } from '../eval/rng.js';
 import { warmupCosine } from '../eval/schedule.js';
+import { prepareReport, writeReport } from '../report/report.js';
 import type { BlockSpec } from '../projection.js';
 import { TrajectoryRecorder } from '../trajectory/recorder.js';
 
@@ -94,6 +95,18 @@ async function main(): Promise<void> {
     console.log(signedBars(bucket(series, 60), 4).replace(/^/gm, '    '));
     console.log(`    step 0${' '.repeat(Math.max(1, Math.min(60, total) - 6 - String(total - 1).length))}${total - 1}\n`);
   });
+  prepareReport(out, {
+    tests,
+    testNames: picks.map((p) => `test digit #${p}`),
+    testLabels: ys,
+    testImages: xs,
+    images: train.x,
+    image: { height: 8, width: 8, range: [0, 1], invert: true },
+    labels: train.y,
+    classNames: train.classNames!,
+    title: `Digits: MLP ${widths.join('-')} (tanh), ${EPOCHS} epochs`,
+  });
+  console.log(`report: ${await writeReport(out, { backend })} (open it in a browser)`);
   console.log(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s. Files: ${dir}`);
 }
 
