@@ -1,6 +1,7 @@
 // Module entry: exports the NativeAddon surface of lib/backend/surface.ts.
 #include <napi.h>
 
+#include "../addon-cuda/dispatch.h"
 #include "../core/blas.h"
 #include "../core/projection.h"
 #include "args.h"
@@ -20,10 +21,12 @@ Napi::Value throw_error(Napi::Env env, const ArgError& error) {
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const dispatch::BackendInfo backend = dispatch::backend_info();
   Napi::Object out = Napi::Object::New(env);
-  out.Set("backend", "native-cpu");
-  out.Set("blas", blas_config());
+  out.Set("backend", backend.backend);
+  out.Set("blas", backend.blas.empty() ? std::string(blas_config()) : backend.blas);
   out.Set("threads", blas_threads());
+  if (!backend.device.empty()) out.Set("device", backend.device);
   return out;
 }
 
@@ -43,7 +46,11 @@ Napi::Value ProjectionMatrix(const Napi::CallbackInfo& info) {
   }
   Napi::Float32Array out = Napi::Float32Array::New(env, static_cast<size_t>(rows * cols));
   if (env.IsExceptionPending()) return env.Undefined();  // could not allocate
-  fill_projection(key, rows, 0, cols, out.Data(), cols, blas_threads());
+  if (Error e = dispatch::projection_matrix(key, rows, cols, out.Data(), blas_threads());
+      !e.empty()) {
+    Napi::Error::New(env, e).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
   return out;
 }
 
@@ -59,7 +66,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("score", Napi::Function::New(env, Score, "score"));
 
   Napi::Object build = Napi::Object::New(env);
-  build.Set("cuda", false);
+  build.Set("cuda", dispatch::kCudaBuild);
   build.Set("openblas", blas_config());
   build.Set("compiler", __VERSION__);
   exports.Set("build", build);

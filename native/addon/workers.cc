@@ -3,9 +3,7 @@
 #include <utility>
 #include <vector>
 
-#include "../core/projection.h"
-#include "../core/propagator.h"
-#include "../core/scoring.h"
+#include "../addon-cuda/dispatch.h"
 #include "args.h"
 
 namespace dvemb::addon {
@@ -43,7 +41,7 @@ class KroneckerWorker : public PromiseWorker {
 
  private:
   void Execute() override {
-    if (Error e = project_kronecker(job_); !e.empty()) SetError(e);
+    if (Error e = dispatch::project_kronecker(job_); !e.empty()) SetError(e);
   }
 
   KroneckerJob job_;
@@ -57,7 +55,7 @@ class DenseWorker : public PromiseWorker {
 
  private:
   void Execute() override {
-    if (Error e = project_dense(job_); !e.empty()) SetError(e);
+    if (Error e = dispatch::project_dense(job_); !e.empty()) SetError(e);
   }
 
   DenseJob job_;
@@ -70,7 +68,7 @@ class PropagateWorker : public PromiseWorker {
 
  private:
   void Execute() override {
-    if (Error e = propagate(job_, &bad_step_); !e.empty()) SetError(e);
+    if (Error e = dispatch::propagate(job_, &bad_step_); !e.empty()) SetError(e);
   }
   Napi::Value result(Napi::Env env) override {
     return Napi::Number::New(env, static_cast<double>(bad_step_));
@@ -87,7 +85,7 @@ class ScoreWorker : public PromiseWorker {
 
  private:
   void Execute() override {
-    if (Error e = score(job_); !e.empty()) SetError(e);
+    if (Error e = dispatch::score(job_); !e.empty()) SetError(e);
   }
 
   ScoreJob job_;

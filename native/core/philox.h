@@ -1,8 +1,16 @@
 // Philox4x32-10, the counter-based generator behind every projection entry. Must match
 // lib/backend/ts/philox.ts bit for bit (both are checked against the published known answers).
+// The same source serves the CUDA kernels (native/cuda/): under nvcc every function here is
+// __host__ __device__, so the GPU cannot drift from the CPU.
 #pragma once
 #include <cmath>
 #include <cstdint>
+
+#if defined(__CUDACC__)
+#define DVEMB_HOST_DEVICE __host__ __device__
+#else
+#define DVEMB_HOST_DEVICE
+#endif
 
 namespace dvemb {
 
@@ -10,8 +18,8 @@ struct Philox4x32 {
   static constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
   static constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
 
-  static inline void run(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
-                         uint32_t k1, uint32_t out[4]) {
+  DVEMB_HOST_DEVICE static inline void run(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                           uint32_t k0, uint32_t k1, uint32_t out[4]) {
     for (int round = 0; round < 10; ++round) {
       if (round > 0) {
         k0 += W0;
@@ -35,9 +43,12 @@ struct Philox4x32 {
 
 // The projection entry formula (lib/backend/surface.ts, ProjectionKey). Evaluated in double and
 // rounded once; this file must be compiled without FMA contraction (-ffp-contract=off) so the
-// CPU, the GPU and V8 agree to one float32 ulp for Gaussian entries and exactly for Rademacher.
-inline float projection_entry(uint32_t k0, uint32_t k1, uint32_t block, uint32_t factor,
-                              bool gaussian, double scale, uint32_t row, uint32_t col) {
+// CPU, the GPU and V8 agree to one float32 ulp for Gaussian entries and exactly for Rademacher
+// (nvcc: --fmad=false). The GPU's double log and cos are within 2 double ulps of glibc's, far
+// below half a float32 ulp, so only the final rounding can differ, by one.
+DVEMB_HOST_DEVICE inline float projection_entry(uint32_t k0, uint32_t k1, uint32_t block,
+                                                uint32_t factor, bool gaussian, double scale,
+                                                uint32_t row, uint32_t col) {
   uint32_t w[4];
   Philox4x32::run(col, row, block, factor, k0, k1, w);
   if (gaussian) {
