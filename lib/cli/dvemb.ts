@@ -11,6 +11,8 @@ import { EmbeddingSet } from '../embeddings/store.js';
 import { DvembError } from '../errors.js';
 import { doctor } from './doctor.js';
 import { cmdReport, REPORT_USAGE } from './report.js';
+import { cmdEval, EVAL_USAGE } from './eval.js';
+import { cmdEvalDdm, DDM_USAGE } from './ddm.js';
 import { Progress } from './progress.js';
 import { npyView, readNpyHeaderFile } from '../trajectory/npy.js';
 import { Trajectory } from '../trajectory/trajectory.js';
@@ -28,6 +30,9 @@ const USAGE: Record<string, string> = {
   Runs the backward pass and writes one embedding per (example, step) occurrence to <dir>.
   Ctrl-C stops it and leaves no file that looks complete.`,
   report: REPORT_USAGE,
+  eval: `${EVAL_USAGE}
+
+${DDM_USAGE}`,
   query: `dvemb query <embeddings> --test <file.npy> [--top k] [--per example|occurrence] [--json]
   Scores projected test gradients (a float32 .npy of shape (m, dim), written with the trajectory's
   projection; a sidecar <file>.json with {"fingerprint": ...} lets dvemb check that) and prints
@@ -174,7 +179,12 @@ async function cmdQuery(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { doctor: cmdDoctor, inspect: cmdInspect, compute: cmdCompute, query: cmdQuery, report: cmdReport };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { doctor: cmdDoctor, inspect: cmdInspect, compute: cmdCompute, query: cmdQuery, report: cmdReport, eval: evalOrDdm };
+
+/** `dvemb eval --ddm` is the distilled-datamodel experiment; plain `dvemb eval` the fidelity one. */
+function evalOrDdm(args: string[]): Promise<number> {
+  return args.includes('--ddm') ? cmdEvalDdm(args) : cmdEval(args);
+}
 
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
