@@ -171,6 +171,24 @@ describe('trajectory store', () => {
     await expectError(() => newRecorder(dir), 'BAD_INPUT', /already holds a trajectory/);
   });
 
+  it('keeps the ids and weights a caller passed even if it reuses their buffers before awaiting', async () => {
+    const dir = join(tempDir(), 'reuse');
+    const rec = newRecorder(dir);
+    const ids = new Int32Array([1, 2]);
+    const weights = new Float64Array([0.25, 0.75]);
+    const pending = [0, 1, 2].map((step) => {
+      const p = rec.record({ step, lr: 0.1, ids, weights, gradients: new Float32Array(2 * DIM).fill(step + 1) });
+      ids.set([ids[0]! + 10, ids[1]! + 10]);
+      weights.reverse();
+      return p;
+    });
+    await Promise.all(pending);
+    await rec.close();
+    const c = await Trajectory.open(dir).readChunk(0);
+    expect(Array.from(c.ids)).toEqual([1, 2, 11, 12, 21, 22]);
+    expect(Array.from(c.weights)).toEqual([0.25, 0.75, 0.75, 0.25, 0.25, 0.75]);
+  });
+
   it('checks the layout it is given', () => {
     const dir = tempDir();
     const create = (b: unknown) => () => TrajectoryRecorder.create(join(dir, String(Math.random())), { projection: { seed: 1, distribution: 'gaussian' }, blocks: b as never, backend: 'ts' });

@@ -148,9 +148,17 @@ export class TrajectoryRecorder {
     return this.manifest.chunks.reduce((a, c) => a + c.steps, 0) + (this.chunk?.steps ?? 0);
   }
 
-  /** Records one step. Calls are applied in the order they are made, even without awaiting. */
+  /**
+   * Records one step. Calls are applied in the order they are made, even without awaiting. The
+   * ids and weights are copied at once; gradient arrays are read when the step's turn comes, so
+   * do not overwrite them before the returned promise settles.
+   */
   record(step: StepRecord): Promise<void> {
-    const run = this.queue.then(() => this.recordNow(step));
+    const snapshot =
+      step && typeof step === 'object'
+        ? { ...step, ids: step.ids && Array.from(step.ids), weights: step.weights && Array.from(step.weights) }
+        : step;
+    const run = this.queue.then(() => this.recordNow(snapshot));
     this.queue = run.catch(() => undefined);
     return run;
   }
