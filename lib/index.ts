@@ -8,6 +8,23 @@ export { Trajectory, type VerifyReport } from './trajectory/trajectory.js';
 export { computeEmbeddings, type ComputeOptions, type ComputeProgress } from './embeddings/backward.js';
 export { EmbeddingSet, type EmbeddingsManifest } from './embeddings/store.js';
 export {
+  planSegments,
+  computeSegment,
+  computeSegments,
+  compose,
+  dataValueDynamics,
+  openSegments,
+  segmentDirName,
+  type SegmentOptions,
+  type SegmentResult,
+  type SegmentsOptions,
+  type SegmentsResult,
+  type ComposeOptions,
+  type DataValueDynamics,
+  type DynamicsOptions,
+  type OpenSegment,
+} from './embeddings/segments.js';
+export {
   projectTests,
   scoreBlocks,
   perOccurrence,

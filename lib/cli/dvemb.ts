@@ -4,12 +4,12 @@
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import type { BackendChoice } from '../backend/loader.js';
-import { computeEmbeddings } from '../embeddings/backward.js';
 import { topK, type ProjectedTests } from '../embeddings/query.js';
 import { EmbeddingSet } from '../embeddings/store.js';
 import { DvembError } from '../errors.js';
+import { guarded, print, UsageError } from './common.js';
 import { doctor } from './doctor.js';
+import { cmdCompose, cmdCompute, COMPOSE_USAGE, COMPUTE_USAGE } from './segments.js';
 import { cmdReport, REPORT_USAGE } from './report.js';
 import { cmdEval, EVAL_USAGE } from './eval.js';
 import { cmdEvalDdm, DDM_USAGE } from './ddm.js';
@@ -24,11 +24,8 @@ const USAGE: Record<string, string> = {
   inspect: `dvemb inspect <trajectory> [--json] [--quick]
   Summarises a recorded trajectory and checks its integrity: every chunk's crc32, every shape,
   step order, finite values. --quick skips the full read. Exit code 3 when problems are found.`,
-  compute: `dvemb compute <trajectory> --out <dir> [--mode per-block|global] [--precision fp32|fp64]
-              [--curvature auto|empirical-fisher|recorded] [--backend auto|cuda|native|ts]
-              [--no-verify] [--json]
-  Runs the backward pass and writes one embedding per (example, step) occurrence to <dir>.
-  Ctrl-C stops it and leaves no file that looks complete.`,
+  compute: COMPUTE_USAGE,
+  compose: COMPOSE_USAGE,
   report: REPORT_USAGE,
   eval: `${EVAL_USAGE}
 
@@ -49,12 +46,6 @@ ${Object.values(USAGE)
   .join('\n')}
 
 Run \`dvemb <command> --help\` for details.`;
-}
-
-class UsageError extends Error {}
-
-function print(json: boolean, value: unknown, text: string): void {
-  process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : text + '\n');
 }
 
 async function cmdDoctor(args: string[]): Promise<number> {
@@ -102,47 +93,6 @@ async function cmdInspect(args: string[]): Promise<number> {
   return ok ? 0 : 3;
 }
 
-async function cmdCompute(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      out: { type: 'string' },
-      mode: { type: 'string', default: 'per-block' },
-      precision: { type: 'string', default: 'fp32' },
-      curvature: { type: 'string', default: 'auto' },
-      backend: { type: 'string', default: 'auto' },
-      'no-verify': { type: 'boolean' },
-      json: { type: 'boolean' },
-    },
-  });
-  const dir = positionals[0];
-  if (!dir) throw new UsageError('compute needs a trajectory directory');
-  if (!values.out) throw new UsageError('compute needs --out <dir>');
-  const controller = new AbortController();
-  const onSigint = () => controller.abort();
-  process.once('SIGINT', onSigint);
-  const bar = new Progress('backward pass');
-  try {
-    const result = await computeEmbeddings(dir, {
-      out: values.out,
-      mode: values.mode as 'per-block' | 'global',
-      precision: values.precision as 'fp32' | 'fp64',
-      curvature: values.curvature as 'auto',
-      backend: values.backend as BackendChoice,
-      verify: !values['no-verify'],
-      signal: controller.signal,
-      onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal),
-    });
-    bar.done();
-    print(!!values.json, result, `wrote ${result.occurrences} embeddings (${result.dim} dims, ${result.mode}, ${result.precision}, ${result.curvature}) to ${values.out} in ${result.seconds.toFixed(2)} s with the ${result.backend} backend`);
-    return 0;
-  } finally {
-    bar.done();
-    process.off('SIGINT', onSigint);
-  }
-}
-
 async function cmdQuery(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -179,7 +129,15 @@ async function cmdQuery(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { doctor: cmdDoctor, inspect: cmdInspect, compute: cmdCompute, query: cmdQuery, report: cmdReport, eval: evalOrDdm };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+  doctor: cmdDoctor,
+  inspect: cmdInspect,
+  compute: cmdCompute,
+  compose: cmdCompose,
+  query: cmdQuery,
+  report: cmdReport,
+  eval: evalOrDdm,
+};
 
 /** `dvemb eval --ddm` is the distilled-datamodel experiment; plain `dvemb eval` the fidelity one. */
 function evalOrDdm(args: string[]): Promise<number> {
@@ -197,23 +155,7 @@ export async function run(argv: string[]): Promise<number> {
     process.stderr.write(`dvemb: unknown command "${cmd}"\n\n${usage()}\n`);
     return 1;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(usage(cmd) + '\n');
-    return 0;
-  }
-  try {
-    return await handler(rest);
-  } catch (err) {
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`dvemb ${cmd}: ${(err as Error).message}\n\n${usage(cmd)}\n`);
-      return 1;
-    }
-    if (err instanceof DvembError) {
-      process.stderr.write(`dvemb ${cmd}: ${err.message}\n`);
-      return err.code === 'ABORTED' ? 130 : 2;
-    }
-    throw err;
-  }
+  return guarded(cmd, usage(cmd), rest, () => handler(rest));
 }
 
 // Run only when executed (also through the npm bin symlink), not when imported by tests.

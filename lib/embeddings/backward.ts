@@ -2,7 +2,11 @@
 // first, carrying the propagator P, and writes one data value embedding per occurrence.
 // Memory is bounded by a few chunks: the next chunk is read while the current one computes,
 // and each chunk's embeddings go to disk at their place in the output file as soon as they exist.
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+//
+// The same pass also runs over a contiguous range of steps starting from P = I: that is one
+// segment of influence checkpointing (segments.ts), whose propagator.npy is then the segment
+// propagator Q_j and whose embeddings are the local ones.
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadBackend, type BackendChoice } from '../backend/loader.js';
@@ -11,7 +15,7 @@ import { DvembError } from '../errors.js';
 import type { ChunkData } from '../trajectory/chunk.js';
 import { NPY_HEADER_BYTES, bytesOf, npyHeader } from '../trajectory/npy.js';
 import { Trajectory } from '../trajectory/trajectory.js';
-import { EMBEDDINGS_FORMAT, EMBEDDINGS_MANIFEST, FILES, type EmbeddingsManifest } from './store.js';
+import { EMBEDDINGS_FORMAT, EMBEDDINGS_MANIFEST, FILES, type EmbeddingsManifest, type SegmentInfo } from './store.js';
 
 export interface ComputeProgress {
   stepsDone: number;
@@ -35,6 +39,25 @@ export interface ComputeOptions {
   onProgress?: (p: ComputeProgress) => void;
 }
 
+/**
+ * A contiguous run of the trajectory: steps [stepStart, stepEnd) counted in the trajectory's step
+ * order (0 is its first recorded step, whatever its step index), and the occurrences (rows)
+ * [rowStart, rowEnd) those steps hold.
+ */
+export interface StepRange {
+  stepStart: number;
+  stepEnd: number;
+  rowStart: number;
+  rowEnd: number;
+}
+
+export interface PassOptions extends ComputeOptions {
+  /** The steps to walk (default: the whole trajectory). The pass starts from P = I at stepEnd. */
+  range?: StepRange;
+  /** Recorded in the manifest when the range is a segment (segments.ts). */
+  segment?: SegmentInfo;
+}
+
 function identity(blocks: Int32Array, precision: 'fp32' | 'fp64'): Float32Array | Float64Array {
   let size = 0;
   for (let b = 1; b < blocks.length; b += 2) size += blocks[b]! * blocks[b]!;
@@ -48,24 +71,73 @@ function identity(blocks: Int32Array, precision: 'fp32' | 'fp64'): Float32Array 
   return P;
 }
 
-/** Computes the embeddings of every occurrence in the trajectory at `trajectoryDir`. */
-export async function computeEmbeddings(trajectoryDir: string, options: ComputeOptions): Promise<EmbeddingsManifest> {
-  const started = performance.now();
+/** Checks mode, precision and curvature; shared by the whole-run and the segment passes. */
+export function checkComputeOptions(options: Pick<ComputeOptions, 'mode' | 'precision' | 'curvature'>): { mode: 'per-block' | 'global'; precision: 'fp32' | 'fp64' } {
   const mode = options.mode ?? 'per-block';
   const precision = options.precision ?? 'fp32';
   if (mode !== 'per-block' && mode !== 'global') throw new DvembError('BAD_INPUT', `mode must be "per-block" or "global", got ${String(mode)}`);
   if (precision !== 'fp32' && precision !== 'fp64') throw new DvembError('BAD_INPUT', `precision must be "fp32" or "fp64", got ${String(precision)}`);
-  const traj = Trajectory.open(trajectoryDir);
-  const { layout, manifest } = traj;
   const wanted = options.curvature ?? 'auto';
   if (!['auto', 'empirical-fisher', 'recorded'].includes(wanted)) {
     throw new DvembError('BAD_INPUT', `curvature must be "auto", "empirical-fisher" or "recorded", got ${String(wanted)}`);
   }
+  return { mode, precision };
+}
+
+/** Steps [a, b) of a chunk, as views: the whole chunk when the range covers it. */
+function sliceChunk(c: ChunkData, a: number, b: number, dim: number): ChunkData {
+  if (a === 0 && b === c.steps) return c;
+  const r0 = c.stepRows[a]!;
+  const r1 = c.stepRows[b]!;
+  const c0 = c.stepCurvature ? c.stepCurvature[a]! : 0;
+  const c1 = c.stepCurvature ? c.stepCurvature[b]! : 0;
+  return {
+    index: c.index,
+    steps: b - a,
+    step: c.step.subarray(a, b),
+    lr: c.lr.subarray(a, b),
+    weightDecay: c.weightDecay.subarray(a, b),
+    reduction: c.reduction.subarray(a, b),
+    stepRows: Int32Array.from(c.stepRows.subarray(a, b + 1), (v) => v - r0),
+    rows: c.rows.subarray(r0 * dim, r1 * dim),
+    ids: c.ids.subarray(r0, r1),
+    weights: c.weights.subarray(r0, r1),
+    curvature: c.curvature ? c.curvature.subarray(c0 * dim, c1 * dim) : null,
+    stepCurvature: c.stepCurvature ? Int32Array.from(c.stepCurvature.subarray(a, b + 1), (v) => v - c0) : null,
+    curvatureWeights: c.curvatureWeights ? c.curvatureWeights.subarray(c0, c1) : null,
+  };
+}
+
+/** Computes the embeddings of every occurrence in the trajectory at `trajectoryDir`. */
+export async function computeEmbeddings(trajectoryDir: string, options: ComputeOptions): Promise<EmbeddingsManifest> {
+  return backwardPass(trajectoryDir, options);
+}
+
+/**
+ * The backward pass over `options.range` of a trajectory (default: all of it), starting from
+ * P = I at the range's end. Writes embeddings.npy (the range's occurrences, in order),
+ * occurrences.npy, steps.npy (first rows counted from the range's first occurrence),
+ * propagator.npy (the product of the range's factors) and, last, embeddings.json.
+ */
+export async function backwardPass(trajectory: string | Trajectory, options: PassOptions): Promise<EmbeddingsManifest> {
+  const started = performance.now();
+  const { mode, precision } = checkComputeOptions(options);
+  const traj = typeof trajectory === 'string' ? Trajectory.open(trajectory) : trajectory;
+  const trajectoryDir = typeof trajectory === 'string' ? trajectory : trajectory.dir;
+  const { layout, manifest } = traj;
+  const wanted = options.curvature ?? 'auto';
   if (wanted === 'recorded' && !manifest.curvature) {
     throw new DvembError('BAD_INPUT', `${trajectoryDir} has no recorded curvature rows`, 'use --curvature empirical-fisher, or record sampled-label rows (RecorderOptions.curvature)');
   }
   const curvature = wanted === 'empirical-fisher' || !manifest.curvature ? 'empirical-fisher' : 'recorded';
   if (traj.steps === 0) throw new DvembError('BAD_INPUT', `${trajectoryDir} holds no recorded step`, 'record at least one step');
+  const range = options.range ?? { stepStart: 0, stepEnd: traj.steps, rowStart: 0, rowEnd: traj.rows };
+  if (!(Number.isSafeInteger(range.stepStart) && Number.isSafeInteger(range.stepEnd) && range.stepStart >= 0 && range.stepStart < range.stepEnd && range.stepEnd <= traj.steps)) {
+    throw new DvembError('BAD_INPUT', `steps [${range.stepStart}, ${range.stepEnd}) are not a non-empty range of the ${traj.steps} steps of ${trajectoryDir}`);
+  }
+  if (!(Number.isSafeInteger(range.rowStart) && Number.isSafeInteger(range.rowEnd) && range.rowStart >= 0 && range.rowStart <= range.rowEnd && range.rowEnd <= traj.rows)) {
+    throw new DvembError('BAD_INPUT', `occurrences [${range.rowStart}, ${range.rowEnd}) are not a range of the ${traj.rows} occurrences of ${trajectoryDir}`);
+  }
   const loaded = options.backend && typeof options.backend === 'object' ? { backend: options.backend, name: options.backend.info().backend } : loadBackend(options.backend);
   const backend = loaded.backend;
 
@@ -73,8 +145,8 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
   mkdirSync(out, { recursive: true });
   const partial = (f: string) => join(out, `${f}.partial`);
   const dim = layout.dim;
-  const nOcc = traj.rows;
-  const nSteps = traj.steps;
+  const nOcc = range.rowEnd - range.rowStart;
+  const nSteps = range.stepEnd - range.stepStart;
   const blocks = layout.propagatorBlocks(mode);
   const P = identity(blocks, precision);
 
@@ -90,6 +162,8 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
     await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
     for (const f of Object.values(FILES)) rmSync(partial(f), { force: true });
   };
+  const changed = (why: string) =>
+    new DvembError('CORRUPT', `${trajectoryDir} does not hold the steps this pass was planned for (${why})`, 'the trajectory changed or is damaged: run `dvemb inspect` on it, and plan the segments again from its current state');
 
   try {
     const embFile = await openPartial(FILES.embeddings, npyHeader('<f4', [nOcc, dim]), nOcc * dim * 4);
@@ -99,19 +173,40 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
     const stepOffsets: number[] = [];
     traj.chunks.reduce((a, c) => (stepOffsets.push(a), a + c.steps), 0);
     const verify = options.verify ?? true;
+    // The chunks the range touches; the first and last may be cut at a step inside them.
+    let first = traj.chunks.length - 1;
+    while (stepOffsets[first]! > range.stepStart) first--;
+    let last = first;
+    while (stepOffsets[last]! + traj.chunks[last]!.steps < range.stepEnd) last++;
 
+    const examples = new Set<number>();
+    // Two output buffers, alternating: chunk i's writes finish before chunk i + 2 reuses its
+    // buffer (`await writing` below), and reuse spares a fresh zeroed allocation per chunk.
+    let maxRows = 0;
+    for (let i = first; i <= last; i++) maxRows = Math.max(maxRows, traj.chunks[i]!.rows);
+    const outBuffers = [new Float32Array(maxRows * dim), new Float32Array(maxRows * dim)];
     let stepsDone = 0;
-    let pending: Promise<ChunkData> | null = traj.readChunk(traj.chunks.length - 1, verify);
+    let rowsDone = 0;
+    let pending: Promise<ChunkData> | null = traj.readChunk(last, verify);
     let writing: Promise<unknown> = Promise.resolve();
-    for (let i = traj.chunks.length - 1; i >= 0; i--) {
-      const chunk: ChunkData = await pending!;
+    for (let i = last; i >= first; i--) {
+      const whole: ChunkData = await pending!;
       // Read ahead: the earlier chunk loads while this one computes.
-      pending = i > 0 ? traj.readChunk(i - 1, verify) : null;
+      pending = i > first ? traj.readChunk(i - 1, verify) : null;
       pending?.catch(() => undefined); // surfaced when awaited
       if (options.signal?.aborted) throw new DvembError('ABORTED', 'the backward pass was cancelled; no embeddings were written');
+      const a = Math.max(0, range.stepStart - stepOffsets[i]!);
+      const b = Math.min(whole.steps, range.stepEnd - stepOffsets[i]!);
+      const chunk = sliceChunk(whole, a, b, dim);
+      // Where this piece's rows and steps go in the output.
+      const rowAt = rowOffsets[i]! + whole.stepRows[a]! - range.rowStart;
+      const stepAt = stepOffsets[i]! + a - range.stepStart;
+      const nRows = chunk.stepRows[chunk.steps]!;
+      if (rowAt < 0 || rowAt + nRows > nOcc) throw changed(`chunk ${i} puts rows at ${rowAt + range.rowStart}..${rowAt + range.rowStart + nRows}`);
       const decay = new Float64Array(chunk.steps);
       for (let s = 0; s < chunk.steps; s++) decay[s] = 1 - chunk.lr[s]! * chunk.weightDecay[s]!;
-      const embeddings = new Float32Array(chunk.rows.length);
+      // The backend writes every column of every row (the propagator blocks cover all of them).
+      const embeddings = outBuffers[i % 2]!.subarray(0, chunk.rows.length);
       const useCurv = curvature === 'recorded';
       const bad = await backend.propagate({
         precision,
@@ -136,7 +231,7 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
           'the product of (cI − ηH) factors overflowed: try --precision fp64, check the recorded learning rates and gradient scale at that step, or use per-block propagators',
         );
       }
-      // Tables for this chunk's rows and steps, at their places in the output.
+      // Tables for this piece's rows and steps, at their places in the output.
       const occ = new BigInt64Array(chunk.ids.length * 2);
       for (let s = 0; s < chunk.steps; s++) {
         for (let r = chunk.stepRows[s]!; r < chunk.stepRows[s + 1]!; r++) {
@@ -144,20 +239,23 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
           occ[2 * r + 1] = BigInt(chunk.step[s]!);
         }
       }
+      for (const id of chunk.ids) examples.add(id);
       const st = new Float64Array(chunk.steps * 4);
       for (let s = 0; s < chunk.steps; s++) {
-        st.set([chunk.step[s]!, chunk.lr[s]!, chunk.weightDecay[s]!, rowOffsets[i]! + chunk.stepRows[s]!], s * 4);
+        st.set([chunk.step[s]!, chunk.lr[s]!, chunk.weightDecay[s]!, rowAt + chunk.stepRows[s]!], s * 4);
       }
       await writing; // at most one chunk's writes in flight
       writing = Promise.all([
-        embFile.write(bytesOf(embeddings), 0, embeddings.byteLength, NPY_HEADER_BYTES + rowOffsets[i]! * dim * 4),
-        occFile.write(bytesOf(occ), 0, occ.byteLength, NPY_HEADER_BYTES + rowOffsets[i]! * 16),
-        stepFile.write(bytesOf(st), 0, st.byteLength, NPY_HEADER_BYTES + stepOffsets[i]! * 32),
+        embFile.write(bytesOf(embeddings), 0, embeddings.byteLength, NPY_HEADER_BYTES + rowAt * dim * 4),
+        occFile.write(bytesOf(occ), 0, occ.byteLength, NPY_HEADER_BYTES + rowAt * 16),
+        stepFile.write(bytesOf(st), 0, st.byteLength, NPY_HEADER_BYTES + stepAt * 32),
       ]);
       stepsDone += chunk.steps;
+      rowsDone += nRows;
       options.onProgress?.({ stepsDone, stepsTotal: nSteps, elapsedMs: performance.now() - started });
     }
     await writing;
+    if (rowsDone !== nOcc) throw changed(`its steps hold ${rowsDone} occurrences, ${nOcc} were expected`);
     for (const h of handles) await h.sync();
 
     const pFd = openSync(partial(FILES.propagator), 'w');
@@ -181,7 +279,7 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
       dim,
       occurrences: nOcc,
       steps: nSteps,
-      examples: await countExamples(traj),
+      examples: examples.size,
       mode,
       precision,
       curvature,
@@ -189,6 +287,7 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
       backend: loaded.name,
       created: new Date().toISOString(),
       seconds: (performance.now() - started) / 1000,
+      ...(options.segment ? { segment: options.segment } : {}),
     };
     // The manifest goes last: a directory with embeddings.json is complete, and one without is not.
     rmSync(join(out, EMBEDDINGS_MANIFEST), { force: true });
@@ -202,14 +301,3 @@ export async function computeEmbeddings(trajectoryDir: string, options: ComputeO
     throw err;
   }
 }
-
-async function countExamples(traj: Trajectory): Promise<number> {
-  const seen = new Set<number>();
-  for (let i = 0; i < traj.chunks.length; i++) {
-    const c = await traj.readChunk(i, false);
-    for (const id of c.ids) seen.add(id);
-  }
-  return seen.size;
-}
-
-

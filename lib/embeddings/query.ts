@@ -6,7 +6,7 @@ import { loadBackend } from '../backend/loader.js';
 import type { Backend } from '../backend/surface.js';
 import { DvembError, assertFinite } from '../errors.js';
 import { Projector, type BatchGradients } from '../projection.js';
-import type { EmbeddingSet } from './store.js';
+import { applyBlockMatrices, transposeBlocks, type EmbeddingSet } from './store.js';
 
 /** Test gradients projected into a trajectory's space; the fingerprint names that space. */
 export interface ProjectedTests {
@@ -56,9 +56,41 @@ export async function scoreBlocks(
   const { rows, m } = checkTests(set, tests);
   const backend = options.backend ?? loadBackend().backend;
   const perBlock = options.rowsPerBlock ?? Math.max(1, Math.floor((16 << 20) / (set.dim * 4)));
+  if (set.composition) return scoreLazily(set, rows, m, backend, perBlock, visit);
   for await (const block of set.rows(perBlock)) {
     const scores = new Float32Array(block.count * m);
     await backend.score({ n: block.count, m, dim: set.dim, embeddings: block.rows, tests: rows, out: scores });
+    visit(block.start, block.count, scores, m);
+  }
+  return m;
+}
+
+/**
+ * A lazily composed set (docs/SEGMENTS.md): ⟨S_j · local, g⟩ = ⟨local, S_jᵀ g⟩, so the tests are
+ * carried back to each segment's end once (m × k² per block) and scored against the stored
+ * local embeddings, instead of composing every embedding (k² per row).
+ */
+async function scoreLazily(
+  set: EmbeddingSet,
+  tests: Float32Array,
+  m: number,
+  backend: Backend,
+  perBlock: number,
+  visit: (start: number, count: number, scores: Float32Array, m: number) => void,
+): Promise<number> {
+  const comp = set.composition!;
+  const carried = await Promise.all(
+    comp.segments.map((s) => (s.identity ? tests : applyBlockMatrices(tests, m, set.dim, comp.blocks, transposeBlocks(s.matrices, comp.blocks), backend))),
+  );
+  for await (const block of set.storedRows(perBlock)) {
+    const scores = new Float32Array(block.count * m);
+    for (let j = 0; j < comp.segments.length; j++) {
+      const s = comp.segments[j]!;
+      const a = Math.max(s.rowStart, block.start) - block.start;
+      const b = Math.min(s.rowStart + s.rows, block.start + block.count) - block.start;
+      if (a >= b) continue;
+      await backend.score({ n: b - a, m, dim: set.dim, embeddings: block.rows.subarray(a * set.dim, b * set.dim), tests: carried[j]!, out: scores.subarray(a * m, b * m) });
+    }
     visit(block.start, block.count, scores, m);
   }
   return m;
