@@ -218,3 +218,19 @@ describe.each(backends.map((b) => [b.name, b] as const))('backward pass on the %
 it('finds at least the TypeScript backend', () => {
   expect(backends.map((b) => b.name)).toContain('ts');
 });
+
+it('warns when the propagator blows up without overflowing, and not otherwise', async () => {
+  const dir = tempDir();
+  const rec = TrajectoryRecorder.create(join(dir, 't'), { projection: { seed: 1, distribution: 'gaussian' }, blocks: [{ name: 'a', kind: 'projected', k: 2 }], backend: 'ts' });
+  // A = I − η g gᵀ with η‖g‖² = 10: each step multiplies perturbations along g by −9.
+  for (let step = 0; step < 12; step++) await rec.record({ step, lr: 10, ids: [step], reduction: 'sum', gradients: Float32Array.from([1, 0]) });
+  await rec.close();
+  const blown = await computeEmbeddings(join(dir, 't'), { out: join(dir, 'e'), backend: 'ts' });
+  expect(blown.propagatorMax).toBeCloseTo(9 ** 12, -6);
+  expect(blown.warnings?.[0]).toMatch(/amplifies perturbations/);
+  const fine = makeSteps(2, 6);
+  await record(join(dir, 'ok'), fine);
+  const ok = await computeEmbeddings(join(dir, 'ok'), { out: join(dir, 'e3'), backend: 'ts' });
+  expect(ok.warnings).toBeUndefined();
+  expect(ok.propagatorMax).toBeLessThan(10);
+});

@@ -144,6 +144,7 @@ export async function cmdCompute(args: string[]): Promise<number> {
     try {
       const result = await computeEmbeddings(dir, { ...common, out: values.out, onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal) });
       bar.done();
+      for (const w of result.warnings ?? []) process.stderr.write(`dvemb compute: warning: ${w}\n`);
       print(json, result, `wrote ${result.occurrences} embeddings (${result.dim} dims, ${result.mode}, ${result.precision}, ${result.curvature}) to ${values.out} in ${result.seconds.toFixed(2)} s with the ${result.backend} backend`);
       return 0;
     } finally {

@@ -8,7 +8,7 @@
 // propagator Q_j and whose embeddings are the local ones.
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { loadBackend, type BackendChoice } from '../backend/loader.js';
 import type { Backend } from '../backend/surface.js';
 import { DvembError } from '../errors.js';
@@ -105,6 +105,27 @@ function sliceChunk(c: ChunkData, a: number, b: number, dim: number): ChunkData 
     curvature: c.curvature ? c.curvature.subarray(c0 * dim, c1 * dim) : null,
     stepCurvature: c.stepCurvature ? Int32Array.from(c.stepCurvature.subarray(a, b + 1), (v) => v - c0) : null,
     curvatureWeights: c.curvatureWeights ? c.curvatureWeights.subarray(c0, c1) : null,
+  };
+}
+
+/** Beyond this, the product of factors amplifies perturbations so much that embeddings mislead. */
+export const PROPAGATOR_WARN = 1e6;
+
+/**
+ * The largest |entry| of P, and a warning when the recursion blew up without overflowing: an
+ * η·λ_max(H) far from (0, 2) somewhere, or curvature that a small projection estimates badly.
+ */
+function propagatorWarning(P: Float32Array | Float64Array): { propagatorMax: number; warnings?: string[] } {
+  let max = 0;
+  for (let i = 0; i < P.length; i++) max = Math.max(max, Math.abs(P[i]!));
+  if (!(max > PROPAGATOR_WARN)) return { propagatorMax: max };
+  return {
+    propagatorMax: max,
+    warnings: [
+      `the propagator's largest entry is ${max.toExponential(2)}: the product of (cI − ηH) factors amplifies ` +
+        'perturbations that much, so the embeddings are dominated by a few directions and are unreliable. ' +
+        'Check the learning rates against the curvature (η·λ_max(H) < 2), use a larger projection, or per-block propagators',
+    ],
   };
 }
 
@@ -272,7 +293,7 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
     const result: EmbeddingsManifest = {
       format: EMBEDDINGS_FORMAT,
       version: 1,
-      trajectory: trajectoryDir,
+      trajectory: resolve(trajectoryDir),
       projection: manifest.projection,
       blocks: layout.specs(),
       fingerprint: layout.fingerprint,
@@ -288,6 +309,7 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
       created: new Date().toISOString(),
       seconds: (performance.now() - started) / 1000,
       ...(options.segment ? { segment: options.segment } : {}),
+      ...propagatorWarning(P),
     };
     // The manifest goes last: a directory with embeddings.json is complete, and one without is not.
     rmSync(join(out, EMBEDDINGS_MANIFEST), { force: true });

@@ -79,6 +79,9 @@ export interface EmbeddingsManifest {
   backend: string;
   created: string;
   seconds: number;
+  /** max |P_ij| at the end of the pass; `warnings` says when it is large enough to distrust. */
+  propagatorMax?: number;
+  warnings?: string[];
   /** Present in a segment directory: the embeddings are local to the segment, the propagator is Q_j. */
   segment?: SegmentInfo;
   /** Present in a lazily composed set: scores apply S_jᵀ to the test gradients. */
