@@ -8,6 +8,7 @@
 // propagator Q_j and whose embeddings are the local ones.
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { loadBackend, type BackendChoice } from '../backend/loader.js';
 import type { Backend } from '../backend/surface.js';
@@ -37,6 +38,34 @@ export interface ComputeOptions {
   verify?: boolean;
   signal?: AbortSignal;
   onProgress?: (p: ComputeProgress) => void;
+  /**
+   * Per-block mode on a native backend: the blocks are split into this many lanes propagated
+   * concurrently, each on one BLAS thread (default: one lane per core, at most one per block).
+   * Small per-block GEMMs scale better across lanes than inside OpenBLAS. 1 turns it off.
+   */
+  lanes?: number;
+}
+
+/** Splits [off, k] block pairs into at most `count` contiguous lanes of balanced k² work. */
+export function planLanes(blocks: Int32Array, count: number): { blocks: Int32Array; pStart: number; pEnd: number }[] {
+  const n = blocks.length / 2;
+  const work = Array.from({ length: n }, (_, b) => blocks[2 * b + 1]! ** 2);
+  const total = work.reduce((a, w) => a + w, 0);
+  const lanes: { blocks: Int32Array; pStart: number; pEnd: number }[] = [];
+  let b = 0;
+  let pAt = 0;
+  for (let lane = 0; lane < Math.min(count, n); lane++) {
+    const first = b;
+    const pStart = pAt;
+    const target = (total * (lane + 1)) / Math.min(count, n);
+    // Take blocks until this lane's share is reached, leaving one block for each later lane.
+    do {
+      pAt += work[b]!;
+      b++;
+    } while (b < n - (Math.min(count, n) - lane - 1) && pAt + work[b]! / 2 <= target);
+    lanes.push({ blocks: blocks.slice(2 * first, 2 * b), pStart, pEnd: pAt });
+  }
+  return lanes;
 }
 
 /**
@@ -170,6 +199,12 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
   const nSteps = range.stepEnd - range.stepStart;
   const blocks = layout.propagatorBlocks(mode);
   const P = identity(blocks, precision);
+  const info = backend.info();
+  const laneCount = mode === 'per-block' && info.backend !== 'ts' ? Math.max(1, Math.floor(options.lanes ?? availableParallelism())) : 1;
+  const lanes = planLanes(blocks, laneCount);
+  // Lanes replace OpenBLAS's own threading; the thread count is process-wide, so it is restored.
+  const blasThreads = info.threads;
+  if (lanes.length > 1) backend.setThreads(1);
 
   const handles: FileHandle[] = [];
   const openPartial = async (file: string, header: Buffer, dataBytes: number) => {
@@ -229,22 +264,28 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
       // The backend writes every column of every row (the propagator blocks cover all of them).
       const embeddings = outBuffers[i % 2]!.subarray(0, chunk.rows.length);
       const useCurv = curvature === 'recorded';
-      const bad = await backend.propagate({
-        precision,
-        dim,
-        blocks,
-        propagators: P,
-        steps: chunk.steps,
-        rows: chunk.rows,
-        stepRows: chunk.stepRows,
-        weights: chunk.weights,
-        curvature: useCurv ? chunk.curvature : null,
-        stepCurvature: useCurv ? chunk.stepCurvature : null,
-        curvatureWeights: useCurv ? chunk.curvatureWeights : null,
-        lr: chunk.lr,
-        decay,
-        embeddings,
-      });
+      const results = await Promise.all(
+        lanes.map((lane) =>
+          backend.propagate({
+            precision,
+            dim,
+            blocks: lane.blocks,
+            propagators: P.subarray(lane.pStart, lane.pEnd),
+            steps: chunk.steps,
+            rows: chunk.rows,
+            stepRows: chunk.stepRows,
+            weights: chunk.weights,
+            curvature: useCurv ? chunk.curvature : null,
+            stepCurvature: useCurv ? chunk.stepCurvature : null,
+            curvatureWeights: useCurv ? chunk.curvatureWeights : null,
+            lr: chunk.lr,
+            decay,
+            embeddings,
+          }),
+        ),
+      );
+      // The first step in walking order (the highest position) where any lane went bad.
+      const bad = Math.max(...results);
       if (bad >= 0) {
         throw new DvembError(
           'NON_FINITE',
@@ -266,11 +307,13 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
         st.set([chunk.step[s]!, chunk.lr[s]!, chunk.weightDecay[s]!, rowAt + chunk.stepRows[s]!], s * 4);
       }
       await writing; // at most one chunk's writes in flight
+      // Each chunk's writes are flushed to disk while the next chunk computes, so the fsync the
+      // end of the pass owes (durability before embeddings.json appears) has little left to do.
       writing = Promise.all([
         embFile.write(bytesOf(embeddings), 0, embeddings.byteLength, NPY_HEADER_BYTES + rowAt * dim * 4),
         occFile.write(bytesOf(occ), 0, occ.byteLength, NPY_HEADER_BYTES + rowAt * 16),
         stepFile.write(bytesOf(st), 0, st.byteLength, NPY_HEADER_BYTES + stepAt * 32),
-      ]);
+      ]).then(() => embFile.datasync());
       stepsDone += chunk.steps;
       rowsDone += nRows;
       options.onProgress?.({ stepsDone, stepsTotal: nSteps, elapsedMs: performance.now() - started });
@@ -321,5 +364,7 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
   } catch (err) {
     await cleanup();
     throw err;
+  } finally {
+    if (lanes.length > 1) backend.setThreads(blasThreads);
   }
 }
