@@ -3,21 +3,20 @@
 // derived figures (GFLOP/s, ratios, machine info) into bench/results/summary.json and prints a
 // short table. Every ratio it reports is taken between cases measured in the same suite run.
 //
-//   node dist/bench/run.js [--quick] [--only kronecker|backward|scoring|memory] [--memory]
+//   node dist/bench/run.js [--quick] [--only kronecker|backward|scoring|segments|tfjs|memory] [--memory]
 //
 // --quick   few samples (CI smoke test, well under 60 s)
 // --only    one suite
 // --memory  also run the 2 GB test (writes ~4.3 GB under os.tmpdir(), deletes it afterwards)
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { add, complete, cycle, save, suite } from 'benny';
-import { loadBackend } from '../lib/backend/loader.js';
+import { loadBackend, packageRoot } from '../lib/backend/loader.js';
 import type { Backend, BackendInfo } from '../lib/backend/surface.js';
 
-export type SuiteName = 'kronecker' | 'backward' | 'scoring' | 'memory';
-const DEFAULT_SUITES: SuiteName[] = ['kronecker', 'backward', 'scoring'];
+export type SuiteName = 'kronecker' | 'backward' | 'scoring' | 'segments' | 'tfjs' | 'memory';
+const DEFAULT_SUITES: SuiteName[] = ['kronecker', 'backward', 'scoring', 'segments', 'tfjs'];
 const ALL_SUITES: SuiteName[] = [...DEFAULT_SUITES, 'memory'];
 
 /** One benchmark case: `op` is run (awaited) once per benny operation. */
@@ -61,16 +60,7 @@ export interface SuiteReport {
   table: { figure: string; value: string; note?: string }[];
 }
 
-/** The package root: the nearest ancestor of this file that holds package.json. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error('bench: cannot find the package.json above ' + fileURLToPath(import.meta.url));
-    dir = parent;
-  }
-  return dir;
-}
+export { packageRoot } from '../lib/backend/loader.js';
 
 function parseArgs(argv: string[]): { quick: boolean; suites: SuiteName[] } {
   let quick = false;
@@ -88,7 +78,7 @@ function parseArgs(argv: string[]): { quick: boolean; suites: SuiteName[] } {
       only = v as SuiteName;
     } else if (a === '--help' || a === '-h') {
       process.stdout.write(
-        'usage: npm run bench -- [--quick] [--only kronecker|backward|scoring|memory] [--memory]\n' +
+        'usage: npm run bench -- [--quick] [--only kronecker|backward|scoring|segments|tfjs|memory] [--memory]\n' +
           '  --quick   fewer samples (CI smoke test)\n' +
           '  --only    run one suite\n' +
           '  --memory  also run the 2 GB memory test (writes ~4.3 GB to a temp dir, then deletes it)\n',
@@ -240,6 +230,22 @@ async function main(): Promise<void> {
       case 'memory':
         report = await (await import('./memory.js')).runMemory(ctx);
         break;
+      case 'segments': {
+        const r = await (await import('./segments.js')).runSegmentsBench({ quick });
+        report = {
+          figures: { ...r },
+          table: [{ figure: 'segments K=2 / sequential (1 BLAS thread each)', value: `${r.speedup.toFixed(2)}×`, note: `sequential ${r.sequentialMs.toFixed(0)} ms, parallel + lazy compose ${r.parallelMs.toFixed(0)} ms; target ≥ 1.5×` }],
+        };
+        break;
+      }
+      case 'tfjs': {
+        const r = await (await import('./tfjs.js')).runTfjsBench({ quick });
+        report = {
+          figures: { ...r },
+          table: [{ figure: 'tfjs step with capture / plain step', value: r.ratio.toFixed(2), note: `plain ${r.plainMs.toFixed(2)} ms, capture ${r.captureMs.toFixed(2)} ms; target ≤ 1.3` }],
+        };
+        break;
+      }
     }
     const cpu1 = cpuTicks();
     const seconds = (performance.now() - t0) / 1000;

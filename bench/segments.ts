@@ -98,7 +98,7 @@ export async function runSegmentsBench(
     await recordTrajectory(traj, steps);
     const sequential = async () => {
       backend.setThreads(1);
-      await computeEmbeddings(traj, { out: join(tmp, 'seq'), backend, verify: true });
+      await computeEmbeddings(traj, { out: join(tmp, 'seq'), backend, verify: true, lanes: 1 }); // one BLAS thread, one lane
     };
     const segments = async (then: 'none' | 'lazy' | 'eager') => {
       const r = await computeSegments(traj, { out: join(tmp, `seg-${then}`), K: 2, backend: choice, threadsPerSegment: 1, verify: true });

@@ -298,6 +298,7 @@ async function runWorker(job: WorkerJob, port: MessagePort): Promise<void> {
     const loaded = loadBackend(job.backend);
     loaded.backend.setThreads(job.threads);
     const result = await runSegment(job.trajectory, job.info, {
+      lanes: 1, // the segments are the parallelism here
       out: job.out,
       mode: job.mode,
       precision: job.precision,
@@ -401,6 +402,7 @@ export async function computeSegments(trajectory: string | Trajectory, options: 
   const inProcess = (info: SegmentInfo): Promise<SegmentResult> =>
     runSegment(traj, info, {
       ...options,
+      lanes: 1, // the segments are the parallelism here
       backend,
       signal: stop.signal,
       onProgress: (p) => {
