@@ -27,6 +27,7 @@ import type { ChunkData } from '../lib/trajectory/chunk.js';
 import { TrajectoryRecorder } from '../lib/trajectory/recorder.js';
 import { Trajectory } from '../lib/trajectory/trajectory.js';
 import type { BenchContext, CaseSpec, SuiteReport } from './run.js';
+import { rowPool } from './util.js';
 
 export const BLOCKS = 4;
 export const K = 256;
@@ -57,16 +58,7 @@ export async function recordProjected(dir: string, o: RecordOptions): Promise<nu
     chunkSteps: o.chunkSteps,
     backend: o.backend,
   });
-  const pool: Float32Array[] = [];
-  let s = 12345;
-  for (let p = 0; p < 16; p++) {
-    const rows = new Float32Array(BATCH * DIM);
-    for (let i = 0; i < rows.length; i++) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      rows[i] = (s / 4294967296 - 0.5) * 0.1;
-    }
-    pool.push(rows);
-  }
+  const pool = rowPool(16, BATCH * DIM);
   const ids = new Float64Array(BATCH);
   for (let step = 0; step < o.steps; step++) {
     for (let i = 0; i < BATCH; i++) ids[i] = (step * BATCH + i) % 50_000;

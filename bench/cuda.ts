@@ -20,6 +20,7 @@ import type { Backend, PropagateArgs } from '../lib/backend/surface.js';
 import { computeEmbeddings } from '../lib/embeddings/backward.js';
 import { TrajectoryRecorder } from '../lib/trajectory/recorder.js';
 import { Trajectory } from '../lib/trajectory/trajectory.js';
+import { rowPool } from './util.js';
 
 const BLOCKS = 24;
 const K = 256;
@@ -74,23 +75,8 @@ function findBenchBin(root: string, given: string | null): string | null {
   return null;
 }
 
-/** Seeded rows in ±0.05 for `steps` steps, from a pool of 16 batches (as bench/backward.ts). */
-function rowPool(): Float32Array[] {
-  const pool: Float32Array[] = [];
-  let s = 12345;
-  for (let p = 0; p < 16; p++) {
-    const rows = new Float32Array(BATCH * DIM);
-    for (let i = 0; i < rows.length; i++) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      rows[i] = (s / 4294967296 - 0.5) * 0.1;
-    }
-    pool.push(rows);
-  }
-  return pool;
-}
-
 function propagateArgs(steps: number): PropagateArgs {
-  const pool = rowPool();
+  const pool = rowPool(16, BATCH * DIM);
   const rows = new Float32Array(steps * BATCH * DIM);
   for (let s = 0; s < steps; s++) rows.set(pool[s % pool.length]!, s * BATCH * DIM);
   const P = new Float32Array(BLOCKS * K * K);
@@ -134,7 +120,7 @@ async function endToEnd(gpu: Backend, steps: number, work: string) {
     chunkBytes: 512 << 20,
     backend: gpu,
   });
-  const pool = rowPool();
+  const pool = rowPool(16, BATCH * DIM);
   const ids = new Float64Array(BATCH);
   const t0 = performance.now();
   for (let step = 0; step < steps; step++) {

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { add, complete, cycle, save, suite } from 'benny';
 import { loadBackend, packageRoot } from '../lib/backend/loader.js';
 import type { Backend, BackendInfo } from '../lib/backend/surface.js';
+import { median, serial } from './util.js';
 
 export type SuiteName = 'kronecker' | 'backward' | 'scoring' | 'segments' | 'tfjs' | 'memory';
 const DEFAULT_SUITES: SuiteName[] = ['kronecker', 'backward', 'scoring', 'segments', 'tfjs'];
@@ -90,28 +91,6 @@ function parseArgs(argv: string[]): { quick: boolean; suites: SuiteName[] } {
   }
   const suites = only ? [only] : memory ? ALL_SUITES : DEFAULT_SUITES;
   return { quick, suites };
-}
-
-/**
- * Serialises a case's operation: benny calls a case function a couple of times while it works out
- * whether the case is async, without awaiting the first call. Chaining every call behind the
- * previous one means two operations never overlap (they share buffers, and overlap would skew
- * the timing); those first calls simply become warm-up runs.
- */
-function serial(op: () => Promise<unknown>): () => Promise<void> {
-  let last: Promise<unknown> = Promise.resolve();
-  return () => {
-    const p = last.then(op);
-    last = p.catch(() => undefined);
-    return p.then(() => undefined);
-  };
-}
-
-function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
 }
 
 function makeContext(quick: boolean): BenchContext {

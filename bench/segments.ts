@@ -17,6 +17,7 @@ import type { Backend } from '../lib/backend/surface.js';
 import { computeEmbeddings } from '../lib/embeddings/backward.js';
 import { compose, computeSegments } from '../lib/embeddings/segments.js';
 import { TrajectoryRecorder } from '../lib/trajectory/recorder.js';
+import { median, serial } from './util.js';
 
 export interface SegmentsBenchResult {
   sequentialMs: number;
@@ -34,26 +35,6 @@ function resultsDir(): string {
   const out = join(dir, 'bench', 'results');
   mkdirSync(out, { recursive: true });
   return out;
-}
-
-/**
- * Benny calls each case a few times without awaiting while it probes it, when the suite is built:
- * chain every operation of every case behind the previous one, so none overlap (they would
- * share the two cores and the output directories).
- */
-let last: Promise<unknown> = Promise.resolve();
-function serial(op: () => Promise<unknown>): () => Promise<void> {
-  return () => {
-    const p = last.then(op);
-    last = p.catch(() => undefined);
-    return p.then(() => undefined);
-  };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
 }
 
 async function recordTrajectory(dir: string, steps: number): Promise<void> {

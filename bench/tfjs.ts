@@ -15,6 +15,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { add, complete, cycle, save, suite } from 'benny';
 import { TfjsRecorder, type TfjsTimings } from '../lib/adapters/tfjs.js';
 import { loadBackend } from '../lib/backend/loader.js';
+import { median, serial } from './util.js';
 
 export interface TfjsBenchResult {
   /** Median ms of one plain tfjs SGD step. */
@@ -55,22 +56,6 @@ function mlp(): tf.Sequential {
     }),
   );
   return tf.sequential({ layers });
-}
-
-/** benny calls a case a couple of times without awaiting while it probes for async: chain them. */
-function serial(op: () => Promise<unknown>): () => Promise<void> {
-  let last: Promise<unknown> = Promise.resolve();
-  return () => {
-    const p = last.then(op);
-    last = p.catch(() => undefined);
-    return p.then(() => undefined);
-  };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = s.length >> 1;
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
 }
 
 export async function runTfjsBench(opts: { quick: boolean }): Promise<TfjsBenchResult> {

@@ -87,7 +87,8 @@ export interface PassOptions extends ComputeOptions {
   segment?: SegmentInfo;
 }
 
-function identity(blocks: Int32Array, precision: 'fp32' | 'fp64'): Float32Array | Float64Array {
+/** P = I for every propagator block ([off, k] pairs), concatenated row-major. */
+export function identityPropagators(blocks: ArrayLike<number>, precision: 'fp32' | 'fp64'): Float32Array | Float64Array {
   let size = 0;
   for (let b = 1; b < blocks.length; b += 2) size += blocks[b]! * blocks[b]!;
   const P = precision === 'fp64' ? new Float64Array(size) : new Float32Array(size);
@@ -198,7 +199,7 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
   const nOcc = range.rowEnd - range.rowStart;
   const nSteps = range.stepEnd - range.stepStart;
   const blocks = layout.propagatorBlocks(mode);
-  const P = identity(blocks, precision);
+  const P = identityPropagators(blocks, precision);
   const info = backend.info();
   const laneCount = mode === 'per-block' && info.backend !== 'ts' ? Math.max(1, Math.floor(options.lanes ?? availableParallelism())) : 1;
   const lanes = planLanes(blocks, laneCount);

@@ -18,7 +18,7 @@ import { chunkFiles, crcHex, recordBytes } from '../trajectory/chunk.js';
 import { COL, STEP_WIDTH, chunkFileName } from '../trajectory/format.js';
 import { NPY_HEADER_BYTES, bytesOf, npyHeader, npyView, parseNpyHeader, readNpyHeaderFile } from '../trajectory/npy.js';
 import { Trajectory } from '../trajectory/trajectory.js';
-import { backwardPass, checkComputeOptions, type ComputeOptions, type ComputeProgress } from './backward.js';
+import { backwardPass, checkComputeOptions, identityPropagators, type ComputeOptions, type ComputeProgress } from './backward.js';
 import type { ProjectedTests } from './query.js';
 import {
   EMBEDDINGS_FORMAT,
@@ -567,17 +567,6 @@ function readPropagator(s: OpenSegment): Float32Array | Float64Array {
   return q;
 }
 
-function identityLike(len: number, blocks: ArrayLike<number>, precision: 'fp32' | 'fp64'): Float32Array | Float64Array {
-  const I = precision === 'fp64' ? new Float64Array(len) : new Float32Array(len);
-  let at = 0;
-  for (let b = 1; b < blocks.length; b += 2) {
-    const k = blocks[b]!;
-    for (let i = 0; i < k; i++) I[at + i * k + i] = 1;
-    at += k * k;
-  }
-  return I;
-}
-
 /** Per block C = A · B: float64 in JavaScript for fp64, the backend's float32 GEMM otherwise. */
 async function mulBlocks(A: Float32Array | Float64Array, B: Float32Array | Float64Array, blocks: ArrayLike<number>, backend: Backend): Promise<Float32Array | Float64Array> {
   if (A instanceof Float64Array) {
@@ -612,7 +601,7 @@ async function mulBlocks(A: Float32Array | Float64Array, B: Float32Array | Float
 async function suffixProducts(Q: (Float32Array | Float64Array)[], blocks: ArrayLike<number>, precision: 'fp32' | 'fp64', backend: Backend) {
   const K = Q.length;
   const S = new Array<Float32Array | Float64Array>(K);
-  S[K - 1] = identityLike(Q[0]!.length, blocks, precision);
+  S[K - 1] = identityPropagators(blocks, precision);
   // S_{K−2} = Q_{K−1}: no product with the identity.
   for (let j = K - 2; j >= 0; j--) S[j] = j === K - 2 ? Q[K - 1]!.slice() : await mulBlocks(S[j + 1]!, Q[j + 1]!, blocks, backend);
   const whole = await mulBlocks(S[0]!, Q[0]!, blocks, backend);
