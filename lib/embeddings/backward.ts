@@ -6,17 +6,16 @@
 // The same pass also runs over a contiguous range of steps starting from P = I: that is one
 // segment of influence checkpointing (segments.ts), whose propagator.npy is then the segment
 // propagator Q_j and whose embeddings are the local ones.
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { loadBackend, type BackendChoice } from '../backend/loader.js';
 import type { Backend } from '../backend/surface.js';
 import { DvembError } from '../errors.js';
 import type { ChunkData } from '../trajectory/chunk.js';
 import { NPY_HEADER_BYTES, bytesOf, npyHeader } from '../trajectory/npy.js';
 import { Trajectory } from '../trajectory/trajectory.js';
-import { EMBEDDINGS_FORMAT, EMBEDDINGS_MANIFEST, FILES, type EmbeddingsManifest, type SegmentInfo } from './store.js';
+import { EMBEDDINGS_FORMAT, FILES, PartialSet, type EmbeddingsManifest, type SegmentInfo } from './store.js';
 
 export interface ComputeProgress {
   stepsDone: number;
@@ -193,8 +192,6 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
   const backend = loaded.backend;
 
   const out = options.out;
-  mkdirSync(out, { recursive: true });
-  const partial = (f: string) => join(out, `${f}.partial`);
   const dim = layout.dim;
   const nOcc = range.rowEnd - range.rowStart;
   const nSteps = range.stepEnd - range.stepStart;
@@ -207,25 +204,14 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
   const blasThreads = info.threads;
   if (lanes.length > 1) backend.setThreads(1);
 
-  const handles: FileHandle[] = [];
-  const openPartial = async (file: string, header: Buffer, dataBytes: number) => {
-    const fh = await open(partial(file), 'w+');
-    handles.push(fh);
-    await fh.truncate(NPY_HEADER_BYTES + dataBytes);
-    await fh.write(header, 0, header.length, 0);
-    return fh;
-  };
-  const cleanup = async () => {
-    await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
-    for (const f of Object.values(FILES)) rmSync(partial(f), { force: true });
-  };
+  const output = new PartialSet(out, Object.values(FILES));
   const changed = (why: string) =>
     new DvembError('CORRUPT', `${trajectoryDir} does not hold the steps this pass was planned for (${why})`, 'the trajectory changed or is damaged: run `dvemb inspect` on it, and plan the segments again from its current state');
 
   try {
-    const embFile = await openPartial(FILES.embeddings, npyHeader('<f4', [nOcc, dim]), nOcc * dim * 4);
-    const occFile = await openPartial(FILES.occurrences, npyHeader('<i8', [nOcc, 2]), nOcc * 16);
-    const stepFile = await openPartial(FILES.steps, npyHeader('<f8', [nSteps, 4]), nSteps * 32);
+    const embFile = await output.open(FILES.embeddings, npyHeader('<f4', [nOcc, dim]), nOcc * dim * 4);
+    const occFile = await output.open(FILES.occurrences, npyHeader('<i8', [nOcc, 2]), nOcc * 16);
+    const stepFile = await output.open(FILES.steps, npyHeader('<f8', [nSteps, 4]), nSteps * 32);
     const rowOffsets = traj.rowOffsets();
     const stepOffsets: number[] = [];
     traj.chunks.reduce((a, c) => (stepOffsets.push(a), a + c.steps), 0);
@@ -321,9 +307,7 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
     }
     await writing;
     if (rowsDone !== nOcc) throw changed(`its steps hold ${rowsDone} occurrences, ${nOcc} were expected`);
-    for (const h of handles) await h.sync();
-
-    const pFd = openSync(partial(FILES.propagator), 'w');
+    const pFd = openSync(output.path(FILES.propagator), 'w');
     try {
       writeSync(pFd, npyHeader(precision === 'fp64' ? '<f8' : '<f4', [P.length]));
       writeSync(pFd, bytesOf(P));
@@ -331,8 +315,7 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
     } finally {
       closeSync(pFd);
     }
-    await Promise.all(handles.map((h) => h.close()));
-    handles.length = 0;
+    await output.syncAndClose();
 
     const result: EmbeddingsManifest = {
       format: EMBEDDINGS_FORMAT,
@@ -355,15 +338,10 @@ export async function backwardPass(trajectory: string | Trajectory, options: Pas
       ...(options.segment ? { segment: options.segment } : {}),
       ...propagatorWarning(P),
     };
-    // The manifest goes last: a directory with embeddings.json is complete, and one without is not.
-    rmSync(join(out, EMBEDDINGS_MANIFEST), { force: true });
-    for (const f of Object.values(FILES)) renameSync(partial(f), join(out, f));
-    const tmp = join(out, `${EMBEDDINGS_MANIFEST}.tmp`);
-    writeFileSync(tmp, JSON.stringify(result, null, 2) + '\n');
-    renameSync(tmp, join(out, EMBEDDINGS_MANIFEST));
+    output.commit(result);
     return result;
   } catch (err) {
-    await cleanup();
+    await output.abandon();
     throw err;
   } finally {
     if (lanes.length > 1) backend.setThreads(blasThreads);

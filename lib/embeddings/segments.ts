@@ -5,8 +5,7 @@
 // worker threads here (computeSegments), or separate processes and machines (`dvemb compute
 // --segment j/K`), joined afterwards by compose(). docs/SEGMENTS.md is the user-facing version.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -26,6 +25,7 @@ import {
   EmbeddingSet,
   FILES,
   LAZY_FILES,
+  PartialSet,
   applyBlockMatrices,
   blockMatrixLength,
   transposeBlocks,
@@ -658,27 +658,18 @@ export async function compose(segments: string | readonly string[], options: Com
   const len = blockMatrixLength(blocks);
   const perBlock = options.rowsPerBlock ?? Math.max(1, Math.floor((16 << 20) / (dim * 4)));
 
-  mkdirSync(out, { recursive: true });
   const files = lazy ? [LAZY_FILES.composition, FILES.occurrences, FILES.steps, FILES.propagator] : [FILES.embeddings, FILES.occurrences, FILES.steps, FILES.propagator];
-  const partial = (f: string) => join(out, `${f}.partial`);
-  const handles: FileHandle[] = [];
-  const openPartial = async (file: string, header: Buffer, dataBytes: number) => {
-    const fh = await open(partial(file), 'w+');
-    handles.push(fh);
-    await fh.truncate(NPY_HEADER_BYTES + dataBytes);
-    await fh.write(header, 0, header.length, 0);
-    return fh;
-  };
+  const output = new PartialSet(out, files);
   try {
     // Lazily, the local embeddings are read in place from the segments: nothing N × dim is written.
-    const embFile = lazy ? null : await openPartial(FILES.embeddings, npyHeader('<f4', [N, dim]), N * dim * 4);
-    const occFile = await openPartial(FILES.occurrences, npyHeader('<i8', [N, 2]), N * 16);
-    const stepFile = await openPartial(FILES.steps, npyHeader('<f8', [T, 4]), T * 32);
+    const embFile = lazy ? null : await output.open(FILES.embeddings, npyHeader('<f4', [N, dim]), N * dim * 4);
+    const occFile = await output.open(FILES.occurrences, npyHeader('<i8', [N, 2]), N * 16);
+    const stepFile = await output.open(FILES.steps, npyHeader('<f8', [T, 4]), T * 32);
     const dtype = precision === 'fp64' ? '<f8' : '<f4';
-    const propFile = await openPartial(FILES.propagator, npyHeader(dtype, [len]), whole.byteLength);
+    const propFile = await output.open(FILES.propagator, npyHeader(dtype, [len]), whole.byteLength);
     await propFile.write(bytesOf(whole), 0, whole.byteLength, NPY_HEADER_BYTES);
     if (lazy) {
-      const compFile = await openPartial(LAZY_FILES.composition, npyHeader(dtype, [K, len]), K * len * S[0]!.BYTES_PER_ELEMENT);
+      const compFile = await output.open(LAZY_FILES.composition, npyHeader(dtype, [K, len]), K * len * S[0]!.BYTES_PER_ELEMENT);
       for (let j = 0; j < K; j++) await compFile.write(bytesOf(S[j]!), 0, S[j]!.byteLength, NPY_HEADER_BYTES + j * S[j]!.byteLength);
     }
     const examples = new Set<number>();
@@ -712,9 +703,7 @@ export async function compose(segments: string | readonly string[], options: Com
       }
     }
     if (options.signal?.aborted) throw new DvembError('ABORTED', 'composing the segments was cancelled; nothing was written');
-    for (const h of handles) await h.sync();
-    await Promise.all(handles.map((h) => h.close()));
-    handles.length = 0;
+    await output.syncAndClose();
 
     const composition: CompositionInfo | undefined = lazy
       ? {
@@ -752,16 +741,10 @@ export async function compose(segments: string | readonly string[], options: Com
       composedFrom: { segments: K, trajectoryId: segs[0]!.info.trajectoryId, lazy, segmentSeconds: segs.map((s) => s.set.manifest.seconds) },
     };
     // As in the backward pass: the manifest goes last, and files of the other kind of set go.
-    rmSync(join(out, EMBEDDINGS_MANIFEST), { force: true });
-    for (const f of lazy ? [FILES.embeddings] : Object.values(LAZY_FILES)) rmSync(join(out, f), { force: true });
-    for (const f of files) renameSync(partial(f), join(out, f));
-    const tmp = join(out, `${EMBEDDINGS_MANIFEST}.tmp`);
-    writeFileSync(tmp, JSON.stringify(result, null, 2) + '\n');
-    renameSync(tmp, join(out, EMBEDDINGS_MANIFEST));
+    output.commit(result, lazy ? [FILES.embeddings] : Object.values(LAZY_FILES));
     return result;
   } catch (err) {
-    await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
-    for (const f of files) rmSync(partial(f), { force: true });
+    await output.abandon();
     throw err;
   }
 }

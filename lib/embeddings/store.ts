@@ -1,13 +1,13 @@
 // A directory of data value embeddings: one row per occurrence (example, step) of the
 // trajectory, in the trajectory's order, plus the occurrence and step tables (docs/FORMAT.md).
-import { existsSync, readFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadBackend } from '../backend/loader.js';
 import type { Backend } from '../backend/surface.js';
 import { DvembError } from '../errors.js';
 import { Layout, type BlockSpec, type ProjectionSpec } from '../projection.js';
-import { npyView, readNpyHeaderFile } from '../trajectory/npy.js';
+import { NPY_HEADER_BYTES, npyView, readNpyHeaderFile } from '../trajectory/npy.js';
 
 export const EMBEDDINGS_FORMAT = 'dvemb-embeddings';
 export const EMBEDDINGS_MANIFEST = 'embeddings.json';
@@ -340,4 +340,56 @@ function readWhole(path: string, dtype: string, shape: number[]): Float64Array |
     throw new DvembError('SHAPE_MISMATCH', `${path} has shape (${header.shape.join(', ')}) ${header.dtype}, expected (${shape.join(', ')}) ${dtype}`, 'recompute the embeddings');
   }
   return npyView(readFileSync(path), header);
+}
+
+/**
+ * The files of an embeddings directory while they are written: each as `<name>.partial` until
+ * commit() renames them and writes embeddings.json last, so a directory with a manifest is
+ * complete and an interrupted run leaves nothing that looks complete.
+ */
+export class PartialSet {
+  private handles: FileHandle[] = [];
+
+  constructor(
+    readonly out: string,
+    readonly files: readonly string[],
+  ) {
+    mkdirSync(out, { recursive: true });
+  }
+
+  path(file: string): string {
+    return join(this.out, `${file}.partial`);
+  }
+
+  /** Creates `<file>.partial` at its full size with its .npy header written. */
+  async open(file: string, header: Buffer, dataBytes: number): Promise<FileHandle> {
+    const fh = await open(this.path(file), 'w+');
+    this.handles.push(fh);
+    await fh.truncate(NPY_HEADER_BYTES + dataBytes);
+    await fh.write(header, 0, header.length, 0);
+    return fh;
+  }
+
+  async syncAndClose(): Promise<void> {
+    for (const h of this.handles) await h.sync();
+    await Promise.all(this.handles.map((h) => h.close()));
+    this.handles = [];
+  }
+
+  /** Renames every partial file into place (removing `stale` files first), then the manifest. */
+  commit(manifest: EmbeddingsManifest, stale: readonly string[] = []): void {
+    rmSync(join(this.out, EMBEDDINGS_MANIFEST), { force: true });
+    for (const f of stale) rmSync(join(this.out, f), { force: true });
+    for (const f of this.files) renameSync(this.path(f), join(this.out, f));
+    const tmp = join(this.out, `${EMBEDDINGS_MANIFEST}.tmp`);
+    writeFileSync(tmp, JSON.stringify(manifest, null, 2) + '\n');
+    renameSync(tmp, join(this.out, EMBEDDINGS_MANIFEST));
+  }
+
+  /** After a failure or an abort: closes and removes every partial file. */
+  async abandon(): Promise<void> {
+    await Promise.all(this.handles.map((h) => h.close().catch(() => undefined)));
+    this.handles = [];
+    for (const f of this.files) rmSync(this.path(f), { force: true });
+  }
 }
