@@ -13,7 +13,7 @@ import {
   type Distribution,
   type PropagateArgs,
 } from '../lib/backend/surface.js';
-import { randomF32, relErr, rng } from './helpers.js';
+import { randomF32, relErr, rng, ulps } from './helpers.js';
 
 let gpu: LoadedBackend | null = null;
 let reason = '';
@@ -27,13 +27,6 @@ try {
   cpu = loadBackend('native');
 } catch {
   cpu = loadBackend('ts');
-}
-
-/** Distance in float32 ulps between two float32 values of the same sign. */
-function ulps(a: number, b: number): number {
-  const f = new Float32Array([a, b]);
-  const i = new Int32Array(f.buffer);
-  return Math.abs(i[0]! - i[1]!);
 }
 
 /** A propagate call over `sizes` blocks at `offsets` (dim wide), P = I, seeded data. */

@@ -46,3 +46,10 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return Math.sqrt(num) / Math.sqrt(den);
 }
+
+/** Distance in float32 ulps between two float32 values of the same sign. */
+export function ulps(a: number, b: number): number {
+  const f = new Float32Array([a, b]);
+  const i = new Int32Array(f.buffer);
+  return Math.abs(i[0]! - i[1]!);
+}

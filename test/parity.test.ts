@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { loadBackend, type LoadedBackend } from '../lib/backend/loader.js';
 import { FACTOR_DENSE, FACTOR_IN, FACTOR_OUT, type Backend, type PropagateArgs } from '../lib/backend/surface.js';
-import { randomF32, relErr, rng } from './helpers.js';
+import { randomF32, relErr, rng, ulps } from './helpers.js';
 
 let native: LoadedBackend | null = null;
 let reason = '';
@@ -13,13 +13,6 @@ try {
   reason = (err as Error).message.split('\n')[0]!;
 }
 const ts = loadBackend('ts').backend;
-
-/** Distance in float32 ulps between two float32 values of the same sign. */
-function ulps(a: number, b: number): number {
-  const f = new Float32Array([a, b]);
-  const i = new Int32Array(f.buffer);
-  return Math.abs(i[0]! - i[1]!);
-}
 
 function propagateArgs(seed: number, precision: 'fp32' | 'fp64', global: boolean, withCurvature: boolean): PropagateArgs {
   const r = rng(seed);
