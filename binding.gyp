@@ -3,6 +3,7 @@
     {
       "target_name": "dvemb",
       "sources": [
+        "native/core/checksum.cc",
         "native/core/projection.cc",
         "native/core/propagator.cc",
         "native/core/scoring.cc",
@@ -24,7 +25,7 @@
       ],
       "cflags": ["-O3", "-Wall", "-Wextra", "-ffp-contract=off"],
       "cflags_cc": ["-std=c++17"],
-      "libraries": ["-lopenblas"]
+      "libraries": ["-lopenblas", "-ldeflate"]
     }
   ]
 }

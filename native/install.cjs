@@ -15,7 +15,8 @@ const result = spawnSync(cmd, ['rebuild'], { cwd: root, stdio: 'inherit', shell:
 if (result.status !== 0) {
   console.warn(
     '\ndvemb: the native addon did not build, so dvemb will use its pure-TypeScript backend (slower).\n' +
-      '  Most often OpenBLAS is missing: `sudo apt-get install libopenblas-dev`, then `npm rebuild dvemb`.\n' +
+      '  Most often OpenBLAS or libdeflate is missing: `sudo apt-get install libopenblas-dev libdeflate-dev`,\n' +
+      '  then `npm rebuild dvemb`.\n' +
       '  `npx dvemb doctor` shows which backend runs and why.\n',
   );
 }

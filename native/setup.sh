@@ -1,31 +1,32 @@
 #!/usr/bin/env bash
 # `npm run setup`: everything a fresh Debian/Ubuntu machine needs, then the build.
-# Installs OpenBLAS (libopenblas-dev) through apt-get when it is missing (with sudo when not
+# Installs OpenBLAS and libdeflate (libopenblas-dev, libdeflate-dev) through apt-get when missing (with sudo when not
 # root), runs `npm ci`, and builds the TypeScript and the native addon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-have_openblas() {
-  [ -f /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] ||
-    [ -f /usr/include/openblas/cblas.h ] ||
-    { command -v dpkg >/dev/null && dpkg -s libopenblas-dev >/dev/null 2>&1; }
+# The native build needs OpenBLAS (cblas) and libdeflate (fast CRC-32 of trajectory chunks).
+PACKAGES="libopenblas-dev libdeflate-dev"
+have_headers() {
+  { [ -f /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -f /usr/include/openblas/cblas.h ]; } &&
+    [ -f /usr/include/libdeflate.h ]
 }
 
-if have_openblas; then
-  echo "setup: OpenBLAS found"
+if have_headers; then
+  echo "setup: OpenBLAS and libdeflate found"
 elif command -v apt-get >/dev/null; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null; then sudo="sudo"; else
-      echo "setup: OpenBLAS is missing and this user cannot install it. Ask an administrator to run: apt-get install libopenblas-dev" >&2
+      echo "setup: $PACKAGES are missing and this user cannot install them. Ask an administrator to run: apt-get install $PACKAGES" >&2
       exit 1
     fi
   fi
-  echo "setup: installing libopenblas-dev with apt-get"
+  echo "setup: installing $PACKAGES with apt-get"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenblas-dev >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $PACKAGES >/dev/null
 else
-  echo "setup: OpenBLAS is missing and there is no apt-get here: install OpenBLAS (with cblas.h) with your package manager, then rerun" >&2
+  echo "setup: OpenBLAS or libdeflate is missing and there is no apt-get here: install OpenBLAS (with cblas.h) and libdeflate with your package manager, then rerun" >&2
   exit 1
 fi
 

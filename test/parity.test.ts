@@ -144,3 +144,15 @@ describe.skipIf(!native)(`native (${native?.name ?? 'unavailable'}) vs TypeScrip
 it.runIf(!native)('native backend unavailable here: parity tests skipped', () => {
   console.warn(`parity tests skipped: ${reason}`);
 });
+
+it.runIf(!!native)('the native crc32 (libdeflate) equals zlib.crc32, running value included', async () => {
+  const { crc32 } = await import('node:zlib');
+  const addon = (await import('../lib/backend/loader.js')).nativeAddon()!;
+  const r = rng(17);
+  for (const n of [0, 1, 7, 64, 1000, 1 << 20]) {
+    const data = Uint8Array.from({ length: n }, () => Math.floor(r() * 256));
+    expect(addon.crc32(data)).toBe(crc32(data) >>> 0);
+    expect(addon.crc32(data, 0xdeadbeef)).toBe(crc32(data, 0xdeadbeef) >>> 0);
+  }
+  expect(() => addon.crc32(new Float32Array(4) as unknown as Uint8Array)).toThrow(/Uint8Array/);
+});

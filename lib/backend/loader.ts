@@ -45,6 +45,12 @@ const BUILD_FIX =
 
 function explainLoadFailure(name: BackendName, path: string, err: unknown): { reason: string; fix: string } {
   const message = err instanceof Error ? err.message : String(err);
+  if (/libdeflate/.test(message)) {
+    return {
+      reason: `${path} cannot find libdeflate (${message.split('\n')[0]})`,
+      fix: 'install it: `sudo apt-get install libdeflate0` (Debian/Ubuntu; libdeflate-dev to build)',
+    };
+  }
   if (/libopenblas|libcblas|libblas/.test(message)) {
     return {
       reason: `${path} cannot find OpenBLAS (${message.split('\n')[0]})`,
@@ -84,6 +90,17 @@ function tryAddon(name: Exclude<BackendName, 'ts'>, root: string): Backend | { r
   } catch (err) {
     return explainLoadFailure(name, ADDON_PATHS[name], err);
   }
+}
+
+let cpuAddon: NativeAddon | null | undefined;
+
+/** The CPU addon when it loads here (for helpers such as crc32), else null; never warns. */
+export function nativeAddon(): NativeAddon | null {
+  if (cpuAddon === undefined) {
+    const result = tryAddon('native-cpu', packageRoot());
+    cpuAddon = 'info' in result ? (result as NativeAddon) : null;
+  }
+  return cpuAddon;
 }
 
 const cache = new Map<BackendChoice, LoadedBackend>();

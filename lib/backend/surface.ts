@@ -140,4 +140,6 @@ export interface Backend {
 /** What the compiled addon exports: the same surface, plus how it was built. */
 export interface NativeAddon extends Backend {
   build: { cuda: boolean; openblas: string; compiler: string };
+  /** Running CRC-32 (zlib polynomial) of `data`, as zlib.crc32(data, previous) computes it. */
+  crc32(data: Uint8Array, previous?: number): number;
 }

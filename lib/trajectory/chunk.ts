@@ -4,7 +4,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './checksum.js';
 import { DvembError } from '../errors.js';
 import type { Layout } from '../projection.js';
 import { COL, STEP_WIDTH, chunkFileName, type ChunkFile, type Manifest, type SealedChunk } from './format.js';

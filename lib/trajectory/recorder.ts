@@ -4,7 +4,7 @@
 // (fsync, crc32 into the manifest, atomic manifest rename) every `chunkSteps` steps.
 import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './checksum.js';
 import { loadBackend, type BackendChoice } from '../backend/loader.js';
 import type { Backend } from '../backend/surface.js';
 import { DvembError, assertFinite } from '../errors.js';

@@ -3,6 +3,7 @@
 
 #include "../addon-cuda/dispatch.h"
 #include "../core/blas.h"
+#include "../core/checksum.h"
 #include "../core/projection.h"
 #include "args.h"
 #include "workers.h"
@@ -54,6 +55,27 @@ Napi::Value ProjectionMatrix(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// crc32(data, previous?) -> the running CRC-32 of a Uint8Array view, synchronously: it runs at
+// memory speed, so a round trip through the thread pool would cost more than it saves.
+Napi::Value Crc32(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Napi::TypeError::New(env, "crc32: data must be a Uint8Array (or Buffer)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uint32_t previous = 0;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    const double p = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -1;
+    if (!(p >= 0 && p <= 4294967295.0 && p == static_cast<double>(static_cast<uint32_t>(p)))) {
+      Napi::RangeError::New(env, "crc32: previous must be an integer in [0, 2^32)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    previous = static_cast<uint32_t>(p);
+  }
+  Napi::Uint8Array data = info[0].As<Napi::Uint8Array>();
+  return Napi::Number::New(env, crc32(previous, data.Data(), data.ByteLength()));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonState());  // deleted when this environment is torn down
 
@@ -64,6 +86,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("projectDense", Napi::Function::New(env, ProjectDense, "projectDense"));
   exports.Set("propagate", Napi::Function::New(env, Propagate, "propagate"));
   exports.Set("score", Napi::Function::New(env, Score, "score"));
+  exports.Set("crc32", Napi::Function::New(env, Crc32, "crc32"));
 
   Napi::Object build = Napi::Object::New(env);
   build.Set("cuda", dispatch::kCudaBuild);
