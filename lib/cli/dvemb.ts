@@ -129,7 +129,8 @@ async function cmdQuery(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+/** Each command gets its arguments and the dispatcher's Ctrl-C signal. */
+const COMMANDS: Record<string, (args: string[], signal: AbortSignal) => Promise<number>> = {
   doctor: cmdDoctor,
   inspect: cmdInspect,
   compute: cmdCompute,
@@ -155,7 +156,7 @@ export async function run(argv: string[]): Promise<number> {
     process.stderr.write(`dvemb: unknown command "${cmd}"\n\n${usage()}\n`);
     return 1;
   }
-  return guarded(cmd, usage(cmd), rest, () => handler(rest));
+  return guarded(cmd, usage(cmd), rest, (signal) => handler(rest, signal));
 }
 
 // Run only when executed (also through the npm bin symlink), not when imported by tests.

@@ -1,12 +1,11 @@
 // `dvemb compute` with segments (--segment j/K, --segments K) and `dvemb compose`: the command
-// functions dvemb.ts registers. Each returns the exit code itself (0 success, 1 usage error,
-// 2 bad or damaged data, 130 interrupted) so it also runs outside dvemb.ts's dispatcher.
+// functions dvemb.ts registers; its dispatcher maps their errors and Ctrl-C to exit codes.
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { BackendChoice } from '../backend/loader.js';
 import { computeEmbeddings, type ComputeOptions } from '../embeddings/backward.js';
 import { compose, computeSegment, computeSegments } from '../embeddings/segments.js';
-import { guarded, print, UsageError } from './common.js';
+import { print, UsageError } from './common.js';
 import { Progress } from './progress.js';
 
 export const COMPUTE_USAGE = `dvemb compute <trajectory> --out <dir> [--segment j/K | --segments K [--lazy]] [--ends s1,s2,...]
@@ -60,127 +59,123 @@ function parseCount(text: string, flag: string): number {
  * `dvemb compute`: the whole trajectory in one pass, one segment (--segment j/K), or K segments
  * in parallel then composed (--segments K).
  */
-export async function cmdCompute(args: string[]): Promise<number> {
-  return guarded('compute', COMPUTE_USAGE, args, async (signal) => {
-    const { values, positionals } = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        out: { type: 'string' },
-        segment: { type: 'string' },
-        segments: { type: 'string' },
-        lazy: { type: 'boolean' },
-        ends: { type: 'string' },
-        mode: { type: 'string', default: 'per-block' },
-        precision: { type: 'string', default: 'fp32' },
-        curvature: { type: 'string', default: 'auto' },
-        backend: { type: 'string', default: 'auto' },
-        'no-verify': { type: 'boolean' },
-        json: { type: 'boolean' },
-      },
-    });
-    const dir = positionals[0];
-    if (!dir) throw new UsageError('compute needs a trajectory directory');
-    if (positionals.length > 1) throw new UsageError(`compute takes one trajectory directory, got ${positionals.length}`);
-    if (!values.out) throw new UsageError('compute needs --out <dir>');
-    if (values.segment !== undefined && values.segments !== undefined) throw new UsageError('give either --segment j/K (one segment) or --segments K (all of them here), not both');
-    const ends = parseEnds(values.ends);
-    if (ends && values.segment === undefined && values.segments === undefined) throw new UsageError('--ends places segment boundaries: use it with --segment j/K or --segments K');
-    if (values.lazy && values.segments === undefined) throw new UsageError('--lazy applies to --segments K (the composition); `dvemb compose --lazy` composes segments lazily');
-    const json = !!values.json;
-    const common: Omit<ComputeOptions, 'out'> = {
-      mode: values.mode as 'per-block' | 'global',
-      precision: values.precision as 'fp32' | 'fp64',
-      curvature: values.curvature as 'auto',
-      backend: values.backend as BackendChoice,
-      verify: !values['no-verify'],
-      signal,
-    };
+export async function cmdCompute(args: string[], signal: AbortSignal): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      out: { type: 'string' },
+      segment: { type: 'string' },
+      segments: { type: 'string' },
+      lazy: { type: 'boolean' },
+      ends: { type: 'string' },
+      mode: { type: 'string', default: 'per-block' },
+      precision: { type: 'string', default: 'fp32' },
+      curvature: { type: 'string', default: 'auto' },
+      backend: { type: 'string', default: 'auto' },
+      'no-verify': { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
+  });
+  const dir = positionals[0];
+  if (!dir) throw new UsageError('compute needs a trajectory directory');
+  if (positionals.length > 1) throw new UsageError(`compute takes one trajectory directory, got ${positionals.length}`);
+  if (!values.out) throw new UsageError('compute needs --out <dir>');
+  if (values.segment !== undefined && values.segments !== undefined) throw new UsageError('give either --segment j/K (one segment) or --segments K (all of them here), not both');
+  const ends = parseEnds(values.ends);
+  if (ends && values.segment === undefined && values.segments === undefined) throw new UsageError('--ends places segment boundaries: use it with --segment j/K or --segments K');
+  if (values.lazy && values.segments === undefined) throw new UsageError('--lazy applies to --segments K (the composition); `dvemb compose --lazy` composes segments lazily');
+  const json = !!values.json;
+  const common: Omit<ComputeOptions, 'out'> = {
+    mode: values.mode as 'per-block' | 'global',
+    precision: values.precision as 'fp32' | 'fp64',
+    curvature: values.curvature as 'auto',
+    backend: values.backend as BackendChoice,
+    verify: !values['no-verify'],
+    signal,
+  };
 
-    if (values.segment !== undefined) {
-      const { j, K } = parseSegment(values.segment);
-      const bar = new Progress(`segment ${j}/${K}`);
-      try {
-        const { dir: segDir, manifest } = await computeSegment(dir, { ...common, out: values.out, j, K, ends, onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal) });
-        bar.done();
-        const s = manifest.segment!;
-        print(json, { dir: segDir, ...manifest }, `wrote segment ${j} of ${K} (steps ${s.firstStep}..${s.lastStep}, ${manifest.occurrences} local embeddings, its propagator Q_${j}) to ${segDir} in ${manifest.seconds.toFixed(2)} s with the ${manifest.backend} backend`);
-        return 0;
-      } finally {
-        bar.done();
-      }
-    }
-
-    if (values.segments !== undefined) {
-      const K = parseCount(values.segments, '--segments');
-      const bar = new Progress(`${K} segments`);
-      let result;
-      try {
-        result = await computeSegments(dir, { ...common, out: values.out, K, ends, onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal) });
-      } finally {
-        bar.done();
-      }
-      const cbar = new Progress('composing');
-      try {
-        const manifest = await compose(
-          result.segments.map((s) => s.dir),
-          { out: values.out, lazy: !!values.lazy, backend: common.backend, signal, onProgress: (p) => cbar.update(p.rowsDone, p.rowsTotal) },
-        );
-        cbar.done();
-        const segSeconds = Math.max(...result.segments.map((s) => s.manifest.seconds));
-        print(
-          json,
-          { ...manifest, segmentDirs: result.segments.map((s) => s.dir), runner: result.runner },
-          `wrote ${manifest.occurrences} embeddings (${manifest.dim} dims, ${manifest.mode}, ${manifest.precision}, ${manifest.curvature}) to ${values.out} from ${K} segments ` +
-            `(${result.runner}, slowest ${segSeconds.toFixed(2)} s; composed ${values.lazy ? 'lazily' : 'eagerly'} in ${manifest.seconds.toFixed(2)} s); the segments stay in ${join(values.out, `segment-*-of-${K}`)}`,
-        );
-        return 0;
-      } finally {
-        cbar.done();
-      }
-    }
-
-    const bar = new Progress('backward pass');
+  if (values.segment !== undefined) {
+    const { j, K } = parseSegment(values.segment);
+    const bar = new Progress(`segment ${j}/${K}`);
     try {
-      const result = await computeEmbeddings(dir, { ...common, out: values.out, onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal) });
+      const { dir: segDir, manifest } = await computeSegment(dir, { ...common, out: values.out, j, K, ends, onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal) });
       bar.done();
-      for (const w of result.warnings ?? []) process.stderr.write(`dvemb compute: warning: ${w}\n`);
-      print(json, result, `wrote ${result.occurrences} embeddings (${result.dim} dims, ${result.mode}, ${result.precision}, ${result.curvature}) to ${values.out} in ${result.seconds.toFixed(2)} s with the ${result.backend} backend`);
+      const s = manifest.segment!;
+      print(json, { dir: segDir, ...manifest }, `wrote segment ${j} of ${K} (steps ${s.firstStep}..${s.lastStep}, ${manifest.occurrences} local embeddings, its propagator Q_${j}) to ${segDir} in ${manifest.seconds.toFixed(2)} s with the ${manifest.backend} backend`);
       return 0;
     } finally {
       bar.done();
     }
-  });
-}
+  }
 
-/** `dvemb compose <dir-with-segments | segment-dir ...> --out <dir> [--lazy]`. */
-export async function cmdCompose(args: string[]): Promise<number> {
-  return guarded('compose', COMPOSE_USAGE, args, async (signal) => {
-    const { values, positionals } = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        out: { type: 'string' },
-        lazy: { type: 'boolean' },
-        backend: { type: 'string', default: 'auto' },
-        json: { type: 'boolean' },
-      },
-    });
-    if (positionals.length === 0) throw new UsageError('compose needs the directory holding segment-j-of-K/ (or the segment directories)');
-    if (!values.out) throw new UsageError('compose needs --out <dir>');
-    const input = positionals.length === 1 ? positionals[0]! : positionals;
-    const bar = new Progress('composing');
+  if (values.segments !== undefined) {
+    const K = parseCount(values.segments, '--segments');
+    const bar = new Progress(`${K} segments`);
+    let result;
     try {
-      const manifest = await compose(input, { out: values.out, lazy: !!values.lazy, backend: values.backend as BackendChoice, signal, onProgress: (p) => bar.update(p.rowsDone, p.rowsTotal) });
+      result = await computeSegments(dir, { ...common, out: values.out, K, ends, onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal) });
+    } finally {
       bar.done();
+    }
+    const cbar = new Progress('composing');
+    try {
+      const manifest = await compose(
+        result.segments.map((s) => s.dir),
+        { out: values.out, lazy: !!values.lazy, backend: common.backend, signal, onProgress: (p) => cbar.update(p.rowsDone, p.rowsTotal) },
+      );
+      cbar.done();
+      const segSeconds = Math.max(...result.segments.map((s) => s.manifest.seconds));
       print(
-        !!values.json,
-        manifest,
-        `composed ${manifest.composedFrom!.segments} segments into ${manifest.occurrences} embeddings (${manifest.dim} dims, ${manifest.mode}, ${manifest.precision}${values.lazy ? ', lazy: applied to the test gradients at query time' : ''}) in ${values.out} in ${manifest.seconds.toFixed(2)} s`,
+        json,
+        { ...manifest, segmentDirs: result.segments.map((s) => s.dir), runner: result.runner },
+        `wrote ${manifest.occurrences} embeddings (${manifest.dim} dims, ${manifest.mode}, ${manifest.precision}, ${manifest.curvature}) to ${values.out} from ${K} segments ` +
+          `(${result.runner}, slowest ${segSeconds.toFixed(2)} s; composed ${values.lazy ? 'lazily' : 'eagerly'} in ${manifest.seconds.toFixed(2)} s); the segments stay in ${join(values.out, `segment-*-of-${K}`)}`,
       );
       return 0;
     } finally {
-      bar.done();
+      cbar.done();
     }
+  }
+
+  const bar = new Progress('backward pass');
+  try {
+    const result = await computeEmbeddings(dir, { ...common, out: values.out, onProgress: (p) => bar.update(p.stepsDone, p.stepsTotal) });
+    bar.done();
+    for (const w of result.warnings ?? []) process.stderr.write(`dvemb compute: warning: ${w}\n`);
+    print(json, result, `wrote ${result.occurrences} embeddings (${result.dim} dims, ${result.mode}, ${result.precision}, ${result.curvature}) to ${values.out} in ${result.seconds.toFixed(2)} s with the ${result.backend} backend`);
+    return 0;
+  } finally {
+    bar.done();
+  }
+}
+
+/** `dvemb compose <dir-with-segments | segment-dir ...> --out <dir> [--lazy]`. */
+export async function cmdCompose(args: string[], signal: AbortSignal): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      out: { type: 'string' },
+      lazy: { type: 'boolean' },
+      backend: { type: 'string', default: 'auto' },
+      json: { type: 'boolean' },
+    },
   });
+  if (positionals.length === 0) throw new UsageError('compose needs the directory holding segment-j-of-K/ (or the segment directories)');
+  if (!values.out) throw new UsageError('compose needs --out <dir>');
+  const input = positionals.length === 1 ? positionals[0]! : positionals;
+  const bar = new Progress('composing');
+  try {
+    const manifest = await compose(input, { out: values.out, lazy: !!values.lazy, backend: values.backend as BackendChoice, signal, onProgress: (p) => bar.update(p.rowsDone, p.rowsTotal) });
+    bar.done();
+    print(
+      !!values.json,
+      manifest,
+      `composed ${manifest.composedFrom!.segments} segments into ${manifest.occurrences} embeddings (${manifest.dim} dims, ${manifest.mode}, ${manifest.precision}${values.lazy ? ', lazy: applied to the test gradients at query time' : ''}) in ${values.out} in ${manifest.seconds.toFixed(2)} s`,
+    );
+    return 0;
+  } finally {
+    bar.done();
+  }
 }
